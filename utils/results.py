@@ -1,0 +1,182 @@
+"""Result tables with their provenance, and resumable sweeps.
+
+Every experiment writes a tidy table (one row per fact x condition x layer) to
+``results/<model>/<name>.csv`` with a ``<name>.meta.json`` beside it: model, dtype,
+attention backend, package versions, git commit and the parameters. A sweep appends
+each finished fact to a journal keyed by a hash of everything that determines the
+numbers, so an interrupted run continues where it stopped, and a run with a changed
+parameter starts a new journal instead of reusing stale rows.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import subprocess
+from importlib import metadata as _md
+from pathlib import Path
+from typing import Callable, Iterable
+
+import pandas as pd
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+OUTPUT_ROOT_ENV = "DISSECT_OUTPUT_ROOT"
+PACKAGES = ("torch", "transformers", "accelerate", "numpy", "pandas", "seaborn", "matplotlib", "papermill")
+SCHEMA_VERSION = 1
+"""Bumped when a change to the code changes the numbers a sweep produces."""
+
+
+def model_slug(name: str) -> str:
+    """A folder name for a model: the hub id's last part (``EleutherAI/gpt-j-6b`` -> ``gpt-j-6b``)."""
+    return name.rstrip("/").split("/")[-1]
+
+
+def output_root() -> Path:
+    """Root of ``results/``, ``figures/`` and ``executed/`` (``$DISSECT_OUTPUT_ROOT`` overrides,
+    so tests never overwrite a real run's outputs)."""
+    return Path(os.environ.get(OUTPUT_ROOT_ENV) or PROJECT_ROOT)
+
+
+def output_dir(kind: str, model: str) -> Path:
+    path = output_root() / kind / model_slug(model)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = _md.version(name)
+        except _md.PackageNotFoundError:
+            pass
+    return found
+
+
+def run_metadata(lm, params: dict) -> dict:
+    """What a reader needs to know to trust and reproduce a table."""
+    return {
+        **lm.describe(),
+        "params": params,
+        "versions": versions(),
+        "git_commit": git_commit(),
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus",
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _key(lm, name: str, params: dict) -> str:
+    ident = {k: v for k, v in lm.describe().items() if k != "device"}
+    blob = json.dumps({"name": name, "model": ident, "params": params, "schema": SCHEMA_VERSION},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _jsonable(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Encode list-valued columns as JSON so a CSV round-trips them."""
+    out, cols = df.copy(), []
+    for col in out.columns:
+        if out[col].map(lambda v: isinstance(v, (list, tuple, dict))).any():
+            out[col] = out[col].map(json.dumps)
+            cols.append(col)
+    return out, cols
+
+
+def save_table(df: pd.DataFrame, name: str, lm, params: dict, key: str | None = None) -> Path:
+    """Write ``results/<model>/<name>.csv`` and its metadata; returns the CSV path."""
+    folder = output_dir("results", lm.name)
+    encoded, json_cols = _jsonable(df)
+    path = folder / f"{name}.csv"
+    encoded.to_csv(path, index=False)
+    meta = {**run_metadata(lm, params), "table": name, "rows": len(df), "key": key or _key(lm, name, params),
+            "json_columns": json_cols}
+    (folder / f"{name}.meta.json").write_text(json.dumps(meta, indent=1, default=str))
+    return path
+
+
+def load_table(name: str, model: str, expect_key: str | None = None) -> pd.DataFrame | None:
+    """A saved table (None if absent, or if it was made with other parameters)."""
+    folder = output_root() / "results" / model_slug(model)
+    path, meta_path = folder / f"{name}.csv", folder / f"{name}.meta.json"
+    if not path.exists() or not meta_path.exists():
+        return None
+    meta = json.loads(meta_path.read_text())
+    if expect_key is not None and meta.get("key") != expect_key:
+        return None
+    df = pd.read_csv(path)
+    for col in meta.get("json_columns", []):
+        df[col] = df[col].map(json.loads)
+    return df
+
+
+def cached_table(name: str, lm, params: dict, compute: Callable[[], pd.DataFrame]) -> pd.DataFrame:
+    """Load ``name`` if it was saved with these parameters, else compute and save it."""
+    key = _key(lm, name, params)
+    df = load_table(name, lm.name, expect_key=key)
+    if df is None:
+        df = compute()
+        save_table(df, name, lm, params, key)
+    return df
+
+
+def sweep(
+    name: str,
+    lm,
+    params: dict,
+    items: Iterable[dict],
+    compute: Callable[[dict], list[dict]],
+    id_field: str = "known_id",
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Run ``compute(item) -> rows`` for every item, resumably, and save the tidy table.
+
+    Finished items are appended to ``results/<model>/.journal/<name>-<key>.jsonl`` as
+    they complete; a rerun with the same parameters skips them.
+    """
+    from tqdm.auto import tqdm
+
+    items = list(items)
+    key = _key(lm, name, params)
+    journal = output_dir("results", lm.name) / ".journal" / f"{name}-{key}.jsonl"
+    journal.parent.mkdir(exist_ok=True)
+    done: dict = {}
+    if journal.exists():
+        for line in journal.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by an interruption
+                continue
+            done[entry["id"]] = entry["rows"]
+    todo = [it for it in items if it[id_field] not in done]
+    if done and todo and progress:
+        print(f"{name}: resuming, {len(items) - len(todo)} of {len(items)} facts already done")
+    with open(journal, "a") as log:
+        for item in tqdm(todo, desc=name, disable=not progress):
+            rows = compute(item)
+            done[item[id_field]] = rows
+            log.write(json.dumps({"id": item[id_field], "rows": rows}, default=_to_builtin) + "\n")
+            log.flush()
+    table = pd.DataFrame([row for it in items for row in done[it[id_field]]])
+    save_table(table, name, lm, params, key)
+    return table
+
+
+def _to_builtin(value):
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"cannot store {type(value).__name__} in a results journal")
