@@ -154,7 +154,7 @@ def predict_next_token(lm, prepared: pd.DataFrame, batch_size: int = 32, progres
 
     Prompts of equal length are batched together, so no padding is ever involved.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from .projection import decode_ids
 
@@ -188,17 +188,25 @@ def predict_next_token(lm, prepared: pd.DataFrame, batch_size: int = 32, progres
 
 def build_known_set(
     lm, facts: pd.DataFrame, prepend_sink: bool | None = None, batch_size: int = 32, progress: bool = True
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Evaluate every fact; returns ``(evaluated, skipped)``. The known set is
-    ``evaluated[evaluated.known]``: facts whose top-1 prediction is the attribute's
-    first token. Each keeps its predicted token, probability and subject positions."""
+) -> pd.DataFrame:
+    """Evaluate every fact: one row per fact with its tokens, subject positions, the model's
+    prediction and ``known`` (top-1 prediction == the attribute's first token). Facts
+    whose subject cannot be located stay in the table with ``known=False`` and their
+    ``skip_reason``."""
     prepared, skipped = tokenize_facts(lm, facts, prepend_sink)
-    if prepared.empty:
-        return prepared, skipped
-    return predict_next_token(lm, prepared, batch_size, progress), skipped
+    evaluated = predict_next_token(lm, prepared, batch_size, progress) if len(prepared) else prepared
+    skipped = skipped.rename(columns={"reason": "skip_reason"}).assign(known=False)
+    table = pd.concat([evaluated, skipped], ignore_index=True) if len(skipped) else evaluated.assign(skip_reason=None)
+    return table.sort_values("known_id", kind="stable").reset_index(drop=True)
 
 
-def known_facts(lm, source="known_1000", n_facts=None, prepend_sink=None, **kwargs) -> pd.DataFrame:
-    """The known set of ``lm`` among the first ``n_facts`` facts of ``source``."""
-    evaluated, _ = build_known_set(lm, load_facts(source, n_facts), prepend_sink, **kwargs)
-    return evaluated[evaluated["known"]].reset_index(drop=True)
+def known_set(lm, dataset="known_1000", n_facts: int | None = None, prepend_sink: bool | None = None,
+              batch_size: int = 32) -> pd.DataFrame:
+    """The evaluated facts of ``lm`` (see :func:`build_known_set`), saved as
+    ``results/<model>/facts_evaluated.csv`` and reused by every notebook with the same
+    parameters. Select the known set with ``table[table.known]``."""
+    from .results import cached_table
+
+    params = {"dataset": str(dataset), "n_facts": n_facts or None, "prepend_sink": prepend_sink}
+    return cached_table("facts_evaluated", lm, params,
+                        lambda: build_known_set(lm, load_facts(dataset, n_facts or None), prepend_sink, batch_size))

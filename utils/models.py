@@ -298,6 +298,7 @@ def load_model(
     if attn_backend not in ("sdpa", "eager"):
         raise ValueError("attn_backend must be 'sdpa' or 'eager'")
     register_attention_functions()
+    transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bars in notebooks
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype)
     embedded = EMBEDDED_MODELS.get(name)

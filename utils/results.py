@@ -85,12 +85,19 @@ def _key(lm, name: str, params: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def _needs_json(value) -> bool:
+    if isinstance(value, (list, tuple, dict)):
+        return True
+    return isinstance(value, str) and (value != value.strip() or value == "")
+
+
 def _jsonable(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """Encode list-valued columns as JSON so a CSV round-trips them."""
+    """JSON-encode the columns a CSV would not round-trip (lists, and token strings with
+    leading spaces or empty ones), and name them in the metadata."""
     out, cols = df.copy(), []
     for col in out.columns:
-        if out[col].map(lambda v: isinstance(v, (list, tuple, dict))).any():
-            out[col] = out[col].map(json.dumps)
+        if not pd.api.types.is_numeric_dtype(out[col]) and out[col].map(_needs_json).any():
+            out[col] = out[col].map(lambda v: json.dumps(v) if not (isinstance(v, float) and v != v) else "")
             cols.append(col)
     return out, cols
 
@@ -116,9 +123,11 @@ def load_table(name: str, model: str, expect_key: str | None = None) -> pd.DataF
     meta = json.loads(meta_path.read_text())
     if expect_key is not None and meta.get("key") != expect_key:
         return None
-    df = pd.read_csv(path)
-    for col in meta.get("json_columns", []):
-        df[col] = df[col].map(json.loads)
+    json_cols = meta.get("json_columns", [])
+    df = pd.read_csv(path, dtype={c: str for c in json_cols}, keep_default_na=False, na_values={
+        c: [""] for c in pd.read_csv(path, nrows=0).columns if c not in json_cols})
+    for col in json_cols:
+        df[col] = df[col].map(lambda v: json.loads(v) if v else None)
     return df
 
 
@@ -146,7 +155,7 @@ def sweep(
     Finished items are appended to ``results/<model>/.journal/<name>-<key>.jsonl`` as
     they complete; a rerun with the same parameters skips them.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     items = list(items)
     key = _key(lm, name, params)
