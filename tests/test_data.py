@@ -1,0 +1,126 @@
+import hashlib
+import json
+
+import pytest
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from utils import data
+from utils.models import LoadedModel
+
+CORPUS = [
+    "The Eiffel Tower is located in the city of Paris.",
+    "Beats Music is owned by Apple. Apple makes the iPhone.",
+    "Marshall Islands speak Marshallese and English.",
+] * 20
+
+
+def _trained(kind: str) -> PreTrainedTokenizerFast:
+    """Small real tokenizers: byte-level BPE (GPT-2 style) and Metaspace (SentencePiece style, with BOS)."""
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    if kind == "bpe":
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+    else:
+        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        tok.decoder = decoders.Metaspace()
+        alphabet = []
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<bos>"], initial_alphabet=alphabet)
+    tok.train_from_iterator(CORPUS, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", unk_token="<unk>")
+    if kind == "sentencepiece":
+        from tokenizers.processors import TemplateProcessing
+
+        fast._tokenizer.post_processor = TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
+    return fast
+
+
+def _lm(tokenizer, sink=None):
+    return LoadedModel(name="t", model=None, tokenizer=tokenizer, arch=None, attn_backend="sdpa", sink_token=sink)
+
+
+@pytest.mark.parametrize("kind", ["bpe", "sentencepiece"])
+@pytest.mark.parametrize("prepend_sink", [None, True, False])
+def test_subject_positions_from_offsets(kind, prepend_sink):
+    lm = _lm(_trained(kind), sink="<bos>")
+    prompt, subject = "Beats Music is owned by", "Beats Music"
+    ids, spans = lm.encode(prompt, prepend_sink=prepend_sink, offsets=True)
+    positions = data.subject_positions(spans, prompt, subject)
+    text = lm.tokenizer.decode([ids[p] for p in positions]).replace("\u2581", " ").strip()
+    assert text == subject
+    has_bos = ids[0] == lm.sink_token_id
+    assert has_bos == (prepend_sink if prepend_sink is not None else kind == "sentencepiece")
+    assert positions[0] == int(has_bos)
+
+
+def test_subject_inside_the_prompt_and_not_found():
+    lm = _lm(_trained("bpe"))
+    prompt = "The Eiffel Tower is located in the city of"
+    ids, spans = lm.encode(prompt, offsets=True)
+    positions = data.subject_positions(spans, prompt, "Eiffel Tower")
+    assert lm.tokenizer.decode([ids[p] for p in positions]).strip() == "Eiffel Tower"
+    assert positions[0] > 0 and positions[-1] < len(ids) - 1
+    with pytest.raises(data.SubjectNotFound):
+        data.subject_positions(spans, prompt, "Louvre")
+
+
+def test_facts_with_missing_subject_are_skipped_with_reason():
+    lm = _lm(_trained("bpe"))
+    facts = data.load_facts("small", 3).copy()
+    facts.loc[1, "subject"] = "Notre-Dame"
+    prepared, skipped = data.tokenize_facts(lm, facts)
+    assert len(prepared) == 2 and skipped["known_id"].tolist() == [1]
+    assert "does not occur" in skipped["reason"].item()
+
+
+def test_small_fact_set_has_the_dataset_schema():
+    facts = data.load_facts("small")
+    assert len(facts) == 50 and facts.relation_id.nunique() >= 15
+    assert all(s in p for s, p in zip(facts.subject, facts.prompt))
+
+
+def test_bad_fact_file_gets_a_clear_error(tmp_path):
+    path = tmp_path / "facts.json"
+    path.write_text(json.dumps([{"subject": "x", "prompt": "x is"}]))
+    with pytest.raises(ValueError, match="lacks the fields"):
+        data.load_facts(path)
+
+
+def test_download_checks_sha256(tmp_path):
+    src = tmp_path / "src.json"
+    src.write_text("[1, 2, 3]")
+    good = hashlib.sha256(src.read_bytes()).hexdigest()
+    dest = data.download(src.as_uri(), tmp_path / "cache" / "f.json", good)
+    assert dest.read_text() == "[1, 2, 3]"
+    with pytest.raises(ValueError, match="sha256"):
+        data.download(src.as_uri(), tmp_path / "cache" / "g.json", "0" * 64)
+    assert not (tmp_path / "cache" / "g.json").exists() and not list((tmp_path / "cache").glob("*.part"))
+
+
+def test_known_1000_path_rejects_a_wrong_file(tmp_path, monkeypatch):
+    wrong = tmp_path / "known_1000.json"
+    wrong.write_text("[]")
+    monkeypatch.setenv(data.KNOWN_1000_ENV, str(wrong))
+    with pytest.raises(ValueError, match="sha256"):
+        data.known_1000_path()
+
+
+def test_known_1000_loads(known_1000_path):
+    facts = data.load_facts("known_1000")
+    assert len(facts) == 1209 and facts.relation_id.nunique() == 33
+    assert facts.loc[1, "prompt"] == "Beats Music is owned by"
+
+
+@pytest.mark.slow
+def test_known_set_on_the_real_model(smollm):
+    table = data.known_set(smollm, "small")
+    known = table[table.known]
+    assert 10 <= len(known) <= 40  # SmolLM2 knows a part of these facts, not all
+    eiffel = table.set_index("subject").loc["Eiffel Tower"]
+    assert eiffel.known and eiffel.pred_token == " Paris" and 0.5 < eiffel.pred_prob < 0.9
+    assert (known.pred_token_id == known.attribute_token).all()
+    # the cached copy is identical and reused
+    again = data.known_set(smollm, "small")
+    assert again.pred_prob.tolist() == table.pred_prob.tolist()
+    assert again.subject_positions.tolist() == table.subject_positions.tolist()
