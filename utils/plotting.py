@@ -27,7 +27,8 @@ def save_figure(fig, model: str, name: str) -> list[Path]:
 
 def caption(ax, text: str) -> None:
     """A small note under the axes (model, number of facts, data source)."""
-    ax.annotate(text, xy=(0, -0.22), xycoords="axes fraction", fontsize=7, color="0.35", va="top")
+    ax.annotate(text, xy=(0, 0), xycoords="axes fraction", xytext=(0, -34), textcoords="offset points",
+                fontsize=7, color="0.35", va="top")
 
 
 __all__ = ["plt", "sns", "save_figure", "caption"]
