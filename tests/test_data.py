@@ -124,3 +124,33 @@ def test_known_set_on_the_real_model(smollm):
     again = data.known_set(smollm, "small")
     assert again.pred_prob.tolist() == table.pred_prob.tolist()
     assert again.subject_positions.tolist() == table.subject_positions.tolist()
+
+
+def official_find_token_range(tokenizer, token_array, substring):
+    """The official code's utils.find_token_range (decode tokens, join, first occurrence)."""
+    toks = [tokenizer.decode([t]) for t in token_array]
+    whole_string = "".join(toks)
+    char_loc = whole_string.index(substring)
+    loc, tok_start, tok_end = 0, None, None
+    for i, t in enumerate(toks):
+        loc += len(t)
+        if tok_start is None and loc > char_loc:
+            tok_start = i
+        if tok_end is None and loc >= char_loc + len(substring):
+            tok_end = i + 1
+            break
+    return tok_start, tok_end
+
+
+@pytest.mark.slow
+def test_subject_positions_agree_with_the_official_code_on_byte_level_bpe(smollm, known_1000_path):
+    """On a GPT-2-style byte-level BPE tokenizer, offsets give the official code's spans."""
+    facts = data.load_facts("known_1000")
+    disagree = []
+    for fact in facts.itertuples():
+        ids, spans = smollm.encode(fact.prompt, offsets=True)
+        ours = data.subject_positions(spans, fact.prompt, fact.subject)
+        start, end = official_find_token_range(smollm.tokenizer, ids, fact.subject)
+        if ours != list(range(start, end)):
+            disagree.append(fact.known_id)
+    assert disagree == []
