@@ -189,8 +189,8 @@ def _make_attention_function(backend: str):
     def attention(module, query, key, value, attention_mask, **kwargs):
         state = getattr(module, "_dissect", None)
         if state is not None and state.blocked is not None:
-            attention_mask = merge_block_into_mask(
-                attention_mask, state.blocked, query.shape[-2], key.shape[-2], module.layer_idx
+            attention_mask = merge_block_into_mask(  # (with device_map="auto" layers sit on several GPUs)
+                attention_mask, state.blocked.to(query.device), query.shape[-2], key.shape[-2], module.layer_idx
             )
         if backend == "sdpa":
             from transformers.integrations.sdpa_attention import sdpa_attention_forward as base
