@@ -25,6 +25,7 @@ attention weights at chosen positions.
 from __future__ import annotations
 
 import contextlib
+import copy
 import sys
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
@@ -529,3 +530,86 @@ def run(
         out = lm.model(input_ids=ids.to(lm.device), use_cache=False, logits_to_keep=logits_to_keep)
     acts = {name: _stack(parts, len(rows)) for name, parts in store.items()}
     return RunOutput(logits=out.logits.expand(len(rows), *out.logits.shape[1:]), acts=acts)
+
+
+# --------------------------------------------------------------------------------------
+# Interventions that only change the last position
+
+
+@dataclass
+class Prefix:
+    """The clean keys and values of a prompt's positions before the last one (see
+    :func:`clean_prefix`)."""
+
+    input_ids: Tensor
+    """(1, n) the whole prompt."""
+    cache: object
+    """transformers' cache after running positions 0..n-2."""
+
+
+@torch.no_grad()
+def clean_prefix(lm, input_ids: Tensor | Sequence[int]) -> Prefix:
+    """Run every position but the last once, keeping their keys and values."""
+    ids = torch.as_tensor(input_ids, dtype=torch.long).reshape(1, -1)
+    if ids.shape[1] < 2:
+        raise ValueError("a prompt needs at least two tokens to have a prefix")
+    out = lm.model(input_ids=ids[:, :-1].to(lm.device), use_cache=True, logits_to_keep=1)
+    return Prefix(ids, out.past_key_values)
+
+
+def _only_last_query(rows, last: int) -> bool:
+    return all(isinstance(iv, BlockAttention) and set(iv.queries) == {last} for row in rows for iv in row)
+
+
+def _cache_for(prefix: Prefix, batch: int, expand_at: int):
+    """A copy of the prefix cache whose layers from ``expand_at`` on hold ``batch`` rows.
+
+    Each cache layer is copied shallowly: running the last token rebinds its tensors (it
+    concatenates), so the prefix stays untouched for the next batch.
+    """
+    cache = copy.copy(prefix.cache)
+    cache.layers = []
+    for i, layer in enumerate(prefix.cache.layers):
+        layer = copy.copy(layer)
+        if i >= expand_at and layer.keys is not None:
+            layer.keys = layer.keys.expand(batch, *layer.keys.shape[1:])
+            layer.values = layer.values.expand(batch, *layer.values.shape[1:])
+        cache.layers.append(layer)
+    return cache
+
+
+@torch.no_grad()
+def run_last_position(
+    lm,
+    input_ids: Tensor | Sequence[int] | Prefix,
+    rows: Sequence[Sequence[BlockAttention]],
+    share_prefix: bool = True,
+) -> RunOutput:
+    """:func:`run` for attention knockouts whose only query is the last position.
+
+    Blocking edges *from* the last position leaves every earlier position as in the clean
+    run (causal attention: they never see the last one). So the earlier positions run once
+    (:func:`clean_prefix`, reusable across calls by passing the :class:`Prefix`), and each
+    row computes one token instead of n. A row with no intervention is the clean run.
+    With ``share_prefix``, the last token also runs once through the layers before the
+    earliest knocked-out layer. Same numbers as :func:`run` up to float rounding.
+    Models whose attention does not use transformers' AttentionInterface (GPT-J) fall back
+    to :func:`run`.
+    """
+    prefix = input_ids if isinstance(input_ids, Prefix) else None
+    ids = prefix.input_ids if prefix else torch.as_tensor(input_ids, dtype=torch.long).reshape(1, -1)
+    rows = [list(r) for r in rows]
+    n = ids.shape[1]
+    if not _only_last_query(rows, n - 1):
+        raise ValueError("run_last_position takes only BlockAttention whose queries are the last position")
+    if not lm.arch.attention_interface or n < 2:
+        return run(lm, ids, rows, share_prefix=share_prefix)
+    prefix = prefix or clean_prefix(lm, ids)
+    starts = [first_layer(r) for r in rows]
+    start = min((s for s in starts if s is not None), default=lm.n_layers) if share_prefix else 0
+    expand_at = start if len(rows) > 1 and start < lm.n_layers else None
+    cache = _cache_for(prefix, len(rows), lm.n_layers if expand_at is None else expand_at)
+    with intervene(lm, rows, n, expand_at):
+        out = lm.model(input_ids=ids[:, -1:].to(lm.device), past_key_values=cache, use_cache=True,
+                       logits_to_keep=1)
+    return RunOutput(logits=out.logits.expand(len(rows), *out.logits.shape[1:]))

@@ -1,0 +1,208 @@
+"""Information flow to the last position by attention knockout (paper §3, Fig. 2).
+
+To ask whether the prediction needs information from some positions in some layers, the
+paper blocks the last position from attending to them (all heads) in a window of k
+layers around each layer, and measures the relative change of the probability of the
+model's own prediction. The position sets are the subject, the non-subject positions
+(relation and any other context) and the last position itself; we add the split of the
+subject into its last token and its other tokens.
+
+All configurations of one fact run as rows of a few forward passes, and each row only
+computes the last token (the knockouts never change the earlier positions; see
+:func:`utils.interventions.run_last_position`).
+
+Position 0 is an attention sink in these models. ``sink="prepend"`` (the default) starts
+every prompt with the model's BOS or end-of-text token and keeps it out of every source
+set, so the sets mean the same thing for every model; ``sink="official"`` tokenizes as the
+tokenizer does and defines the sets as the official code does (position 0 belongs to the
+subject when the prompt starts with it, or to the non-subject set when it is a BOS).
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+
+from .interventions import BlockAttention, clean_prefix, first_layer, run, run_last_position, window
+
+SOURCE_SETS = ("subject", "non-subject", "last", "subject-last", "subject-other")
+PAPER_SETS = SOURCE_SETS[:3]
+SINK_CHOICES = ("prepend", "official")
+
+
+def default_window(n_layers: int) -> int:
+    """The paper's window: 9 layers for GPT-2 XL (48 layers), 5 for GPT-J (28); other
+    depths get the same share of the model, about L/5.5 layers."""
+    return {48: 9, 28: 5}.get(n_layers, max(1, round(n_layers / 5.5)))
+
+
+def source_sets(fact, exclude_sink: bool = True) -> dict[str, list[int]]:
+    """The positions the last position is blocked from, per source set.
+
+    ``exclude_sink`` keeps a sink token at position 0 out of every set. Sets may be empty
+    (a one-token subject has no "subject-other" positions).
+    """
+    last = fact["n_tokens"] - 1
+    skip = {0} if exclude_sink and fact["has_sink"] else set()
+    subject = [p for p in fact["subject_positions"] if p not in skip]
+    return {
+        "subject": subject,
+        "non-subject": [p for p in range(last) if p not in subject and p not in skip],
+        "last": [last],
+        "subject-last": subject[-1:],
+        "subject-other": subject[:-1],
+    }
+
+
+def knockout_probs(lm, input_ids, rows, batch_size: int = 256) -> torch.Tensor:
+    """Next-token probabilities (len(rows), V) of the last position under each row's
+    knockouts (rows block edges from the last position only).
+
+    Rows run in chunks of ``batch_size``, sorted by the first layer they touch, so that
+    each chunk shares the computation of the layers before its earliest window.
+    """
+    prefix = clean_prefix(lm, input_ids) if lm.arch.attention_interface else input_ids
+    order = sorted(range(len(rows)), key=lambda i: first_layer(rows[i]) or 0)
+    probs = [None] * len(rows)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        out = run_last_position(lm, prefix, [rows[i] for i in chunk]).probs()
+        for i, p in zip(chunk, out):
+            probs[i] = p
+    return torch.stack(probs)
+
+
+def flow_of_fact(lm, fact, k: int, sets=SOURCE_SETS, exclude_sink: bool = True,
+                 batch_size: int = 256) -> list[dict]:
+    """For one fact, the change in the prediction's probability when the last position
+    cannot attend to each source set in a window of ``k`` layers around each layer."""
+    last = fact["n_tokens"] - 1
+    configs = [(name, centre, BlockAttention(window(centre, k, lm.n_layers), [last], keys))
+               for name, keys in source_sets(fact, exclude_sink).items() if name in sets and keys
+               for centre in range(lm.n_layers)]
+    probs = knockout_probs(lm, fact["input_ids"], [[]] + [[block] for *_, block in configs], batch_size)
+    target = int(probs[0].argmax())  # the model's own prediction
+    p_base, p_new = probs[0, target].item(), probs[1:, target].tolist()
+    return [{"known_id": fact["known_id"], "source": name, "layer": centre, "window": list(block.layers),
+             "p_base": p_base, "p_new": p, "relative_change": 100 * (p - p_base) / p_base}
+            for (name, centre, block), p in zip(configs, p_new)]
+
+
+def flow_of_fact_per_example(lm, fact, k: int, sets=SOURCE_SETS, exclude_sink: bool = True) -> list[dict]:
+    """The same numbers the way the official code computes them: one configuration per
+    forward pass of the whole prompt, batch 1 (the reference for tests and the benchmark)."""
+    last, ids = fact["n_tokens"] - 1, fact["input_ids"]
+    base = run(lm, ids).probs()[0]
+    target = int(base.argmax())
+    rows = []
+    for name, keys in source_sets(fact, exclude_sink).items():
+        if name not in sets or not keys:
+            continue
+        for centre in range(lm.n_layers):
+            layers = window(centre, k, lm.n_layers)
+            p = run(lm, ids, [[BlockAttention(layers, [last], keys)]]).probs()[0, target].item()
+            rows.append({"known_id": fact["known_id"], "source": name, "layer": centre, "window": list(layers),
+                         "p_base": base[target].item(), "p_new": p,
+                         "relative_change": 100 * (p - base[target].item()) / base[target].item()})
+    return rows
+
+
+def position_heatmap(lm, input_ids, k: int, batch_size: int = 256) -> pd.DataFrame:
+    """Relative change (%) of the prediction's probability when the last position cannot
+    attend to one position, for every position (rows) and window centre (columns): the
+    paper's worked example."""
+    n, L = len(input_ids), lm.n_layers
+    configs = [(pos, centre) for pos in range(n) for centre in range(L)]
+    rows = [[]] + [[BlockAttention(window(c, k, L), [n - 1], [p])] for p, c in configs]
+    probs = knockout_probs(lm, input_ids, rows, batch_size)
+    target = int(probs[0].argmax())
+    change = 100 * (probs[1:, target] - probs[0, target]) / probs[0, target]
+    return pd.DataFrame(change.reshape(n, L).numpy(), index=pd.RangeIndex(n, name="position"),
+                        columns=pd.RangeIndex(L, name="layer"))
+
+
+def fact_flags(facts: pd.DataFrame) -> pd.DataFrame:
+    """Per fact: where its subject starts. ``subject_at_start``: the subject is the first
+    word of the prompt (position 0, or 1 after a sink token); ``subject_at_zero``: it
+    covers position 0, the official code's ``is_subject_position_zero``."""
+    return pd.DataFrame({
+        "known_id": facts.known_id,
+        "subject_at_start": facts.subject_first == facts.has_sink.astype(int),
+        "subject_at_zero": facts.subject_first == 0,
+        "subject_tokens": facts.subject_positions.map(len),
+    })
+
+
+def information_flow(lm, facts: pd.DataFrame, k: int, sink: str = "prepend", sets=SOURCE_SETS,
+                     batch_size: int = 256, dataset: str = "known_1000", name: str | None = None,
+                     progress: bool = True) -> pd.DataFrame:
+    """:func:`flow_of_fact` over the facts, resumable, saved as ``results/<model>/<name>.csv``
+    (one row per fact x source set x window centre, with the facts' subject flags).
+    ``dataset`` names where the facts come from (finished facts are journaled by id)."""
+    from .results import sweep
+
+    if sink not in SINK_CHOICES:
+        raise ValueError(f"sink must be one of {SINK_CHOICES}")
+    name = name or f"information_flow_{sink}"
+    params = {"dataset": str(dataset), "k": k, "sink": sink, "sets": list(sets)}
+    table = sweep(name, lm, params, facts.to_dict("records"),
+                  lambda fact: flow_of_fact(lm, fact, k, sets, sink == "prepend", batch_size), progress=progress)
+    return table.merge(fact_flags(facts), on="known_id").assign(sink=sink)
+
+
+def summarize(table: pd.DataFrame) -> pd.DataFrame:
+    """Per source set: the deepest mean drop, the window centre where it occurs, and the
+    contiguous range of centres around it where the mean drop is at least half as deep.
+    Layers are counted from 1, as in the figures."""
+    rows = []
+    for source, group in table.groupby("source", sort=False):
+        curve = group.groupby("layer").relative_change.mean()
+        deepest = curve.idxmin()
+        lo = hi = deepest
+        if curve[deepest] < 0:
+            deep = curve <= curve[deepest] / 2
+            while lo - 1 in deep.index and deep[lo - 1]:
+                lo -= 1
+            while hi + 1 in deep.index and deep[hi + 1]:
+                hi += 1
+        rows.append({"source": source, "facts": group.known_id.nunique(), "deepest_mean_change": curve[deepest],
+                     "at_layer": deepest + 1, "half_drop_from": lo + 1, "half_drop_to": hi + 1})
+    return pd.DataFrame(rows)
+
+
+def known_facts(lm, dataset="known_1000", n_facts: int | None = None, sink: str = "prepend",
+                batch_size: int = 32) -> pd.DataFrame:
+    """The model's known facts tokenized for the chosen sink handling.
+
+    With ``sink="prepend"`` the prompts start with the sink token, which can change the
+    model's prediction, so the known set is evaluated on those prompts (cached as
+    ``results/<model>/facts_evaluated_sink.csv``); with ``"official"`` (or a tokenizer that
+    adds a BOS anyway) it is notebook 00's known set.
+    """
+    from .data import build_known_set, known_set, load_facts
+    from .results import cached_table
+
+    if sink not in SINK_CHOICES:
+        raise ValueError(f"sink must be one of {SINK_CHOICES}")
+    adds_sink = lm.sink_token_id is not None and lm.encode("x")[0] == lm.sink_token_id
+    if sink == "official" or adds_sink:
+        table = known_set(lm, dataset, n_facts, None, batch_size)
+    else:
+        params = {"dataset": str(dataset), "n_facts": n_facts or None, "prepend_sink": True}
+        table = cached_table("facts_evaluated_sink", lm, params, lambda: build_known_set(
+            lm, load_facts(dataset, n_facts or None), True, batch_size))
+    return table[table.known].reset_index(drop=True)
+
+
+def mean_curves(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean relative change per source set (columns) and window centre (rows, from 1)."""
+    curves = table.pivot_table(index="layer", columns="source", values="relative_change", aggfunc="mean")
+    curves.index = curves.index + 1
+    return curves[[s for s in SOURCE_SETS if s in curves.columns]]
+
+
+__all__ = [
+    "PAPER_SETS", "SINK_CHOICES", "SOURCE_SETS", "default_window", "fact_flags", "flow_of_fact",
+    "flow_of_fact_per_example", "information_flow", "knockout_probs", "known_facts", "mean_curves",
+    "position_heatmap", "source_sets", "summarize",
+]
