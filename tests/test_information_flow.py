@@ -74,7 +74,7 @@ def test_worked_example_heatmap_equals_direct_computation(arch):
     assert heat.shape == (N, lm.n_layers)
     base = run(lm, ids).probs()[0]
     target = int(base.argmax())
-    for pos in range(N):
+    for pos in (0, 4, N - 1):
         for centre in range(lm.n_layers):
             p = run(lm, ids, [[BlockAttention(window(centre, k, lm.n_layers), [N - 1], [pos])]]).probs()[0, target]
             expected = 100 * (p - base[target]) / base[target]

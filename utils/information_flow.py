@@ -54,26 +54,26 @@ def source_sets(fact, exclude_sink: bool = True) -> dict[str, list[int]]:
     }
 
 
-def knockout_probs(lm, input_ids, rows, batch_size: int = 256) -> torch.Tensor:
+def knockout_probs(lm, input_ids, rows, batch_size: int = 128) -> torch.Tensor:
     """Next-token probabilities (len(rows), V) of the last position under each row's
     knockouts (rows block edges from the last position only).
 
-    Rows run in chunks of ``batch_size``, sorted by the first layer they touch, so that
-    each chunk shares the computation of the layers before its earliest window.
+    Identical rows run once (a one-token subject is also the subject's last token). Rows
+    run in chunks of ``batch_size``, sorted by the first layer they touch, so that each
+    chunk shares the computation of the layers before its earliest window.
     """
+    unique = list(dict.fromkeys(tuple(row) for row in rows))
+    order = sorted(unique, key=lambda row: first_layer(row) or 0)
     prefix = clean_prefix(lm, input_ids) if lm.arch.attention_interface else input_ids
-    order = sorted(range(len(rows)), key=lambda i: first_layer(rows[i]) or 0)
-    probs = [None] * len(rows)
+    probs = {}
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
-        out = run_last_position(lm, prefix, [rows[i] for i in chunk]).probs()
-        for i, p in zip(chunk, out):
-            probs[i] = p
-    return torch.stack(probs)
+        probs.update(zip(chunk, run_last_position(lm, prefix, chunk).probs()))
+    return torch.stack([probs[tuple(row)] for row in rows])
 
 
 def flow_of_fact(lm, fact, k: int, sets=SOURCE_SETS, exclude_sink: bool = True,
-                 batch_size: int = 256) -> list[dict]:
+                 batch_size: int = 128) -> list[dict]:
     """For one fact, the change in the prediction's probability when the last position
     cannot attend to each source set in a window of ``k`` layers around each layer."""
     last = fact["n_tokens"] - 1
@@ -107,7 +107,7 @@ def flow_of_fact_per_example(lm, fact, k: int, sets=SOURCE_SETS, exclude_sink: b
     return rows
 
 
-def position_heatmap(lm, input_ids, k: int, batch_size: int = 256) -> pd.DataFrame:
+def position_heatmap(lm, input_ids, k: int, batch_size: int = 128) -> pd.DataFrame:
     """Relative change (%) of the prediction's probability when the last position cannot
     attend to one position, for every position (rows) and window centre (columns): the
     paper's worked example."""
@@ -134,7 +134,7 @@ def fact_flags(facts: pd.DataFrame) -> pd.DataFrame:
 
 
 def information_flow(lm, facts: pd.DataFrame, k: int, sink: str = "prepend", sets=SOURCE_SETS,
-                     batch_size: int = 256, dataset: str = "known_1000", name: str | None = None,
+                     batch_size: int = 128, dataset: str = "known_1000", name: str | None = None,
                      progress: bool = True) -> pd.DataFrame:
     """:func:`flow_of_fact` over the facts, resumable, saved as ``results/<model>/<name>.csv``
     (one row per fact x source set x window centre, with the facts' subject flags).
