@@ -1,0 +1,170 @@
+"""Section 5 (attribute extraction) computations on tiny random models of every architecture."""
+
+import pytest
+import torch
+from tiny_models import ARCHITECTURES, prompt, tiny_model
+
+from utils.extraction import (
+    attention_update_again,
+    block_conditions,
+    clean_run,
+    head_contributions,
+    ranked_first,
+    reweight,
+    scaled_layers,
+    update_from_weights,
+    value_output,
+)
+from utils.interventions import Capture, PatchHidden, run
+
+N = 10
+WITH_VALUES = [a for a in ARCHITECTURES if a != "gptj"]  # GPT-J's attention exposes no values
+
+
+def _fact(ids, subject=(2, 3, 4), has_sink=False):
+    return {"known_id": 0, "input_ids": ids[0].tolist(), "n_tokens": ids.shape[1],
+            "subject_positions": list(subject), "has_sink": has_sink}
+
+
+def _clean(lm, ids, subject=(2, 3, 4)):
+    fact = _fact(ids, subject)
+    fact["pred_token_id"] = int(run(lm, ids).logits[0, -1].argmax())
+    return clean_run(lm, fact, attention=lm.arch.attention_interface)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_head_shares_sum_to_the_attention_update(arch):
+    lm, ids = tiny_model(arch), prompt(N)
+    acts = run(lm, ids, capture=Capture(positions=[N - 1], attn=True, heads=True)).acts
+    for layer in range(lm.n_layers):
+        z, update = acts["heads"][0, layer, 0].flatten(), acts["attn"][0, layer, 0]
+        shares, rest = head_contributions(lm, layer, z)
+        assert shares.shape == (lm.n_heads, lm.config.hidden_size)
+        torch.testing.assert_close(shares.sum(0) + rest, update.float(), atol=1e-5, rtol=1e-4)
+        # the rest is the output bias (or nothing), never a head's output
+        assert rest.abs().max() < 0.5 * update.abs().max()
+        assert all(shares[h].abs().max() > 1e-6 for h in range(lm.n_heads))
+
+
+@pytest.mark.parametrize("arch", WITH_VALUES)
+def test_renormalising_with_nothing_blocked_gives_the_update(arch):
+    lm, ids = tiny_model(arch), prompt(N)
+    r = _clean(lm, ids)
+    nothing = torch.zeros(N, dtype=torch.bool)
+    for layer in range(lm.n_layers):
+        for variant in ("renormalised",):
+            rebuilt = update_from_weights(lm, layer, reweight(r.weights[layer], nothing, variant), r.values[layer])
+            torch.testing.assert_close(rebuilt, r.attn[layer].float(), atol=1e-5, rtol=1e-4)
+    # the official re-softmax changes the weights even when nothing is blocked: it is not a no-op
+    w = r.weights[1]
+    assert (reweight(w, nothing, "official") - w).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text", "gpt2"])
+def test_renormalised_blocking_equals_a_knockout_at_that_layer(arch):
+    """Removing edges after the softmax and renormalising is what a pre-softmax knockout
+    does: compare with the model run under BlockAttention at one layer."""
+    from utils.interventions import BlockAttention
+
+    lm, ids = tiny_model(arch), prompt(N)
+    r = _clean(lm, ids)
+    layer, keys = 2, [N - 4, N - 3]  # inside the sliding windows of the tiny models
+    blocked = torch.zeros(N, dtype=torch.bool)
+    blocked[keys] = True
+    ours = update_from_weights(lm, layer, reweight(r.weights[layer], blocked, "renormalised"), r.values[layer])
+    knocked = run(lm, ids, [[BlockAttention([layer], [N - 1], keys)]], capture=Capture(positions=[N - 1], attn=True))
+    torch.testing.assert_close(ours, knocked.acts["attn"][0, layer, 0].float(), atol=1e-5, rtol=1e-4)
+    assert (ours - r.attn[layer]).abs().max() > 1e-4
+
+
+def test_reweight_variants():
+    w = torch.tensor([[0.5, 0.3, 0.2]])
+    blocked = torch.tensor([False, True, False])
+    torch.testing.assert_close(reweight(w, blocked, "renormalised"), torch.tensor([[0.5 / 0.7, 0, 0.2 / 0.7]]))
+    official = reweight(w, blocked, "official")
+    expected = torch.tensor([0.5, 0.2]).exp() / torch.tensor([0.5, 0.2]).exp().sum()
+    torch.testing.assert_close(official[0, [0, 2]], expected)
+    assert official[0, 1] == 0
+    everything = torch.ones(3, dtype=torch.bool)
+    for variant in ("official", "renormalised"):
+        assert reweight(w, everything, variant).abs().max() == 0
+
+
+def test_block_conditions_follow_the_official_sets():
+    groups = {"subject": [1, 2], "non-subject": [3, 4], "last": [5]}
+    c = block_conditions(groups, 6)
+    assert c["subject-last + last"] == [2, 5] and c["non-subject"] == [3, 4, 5]
+    assert c["all but subject-last"] == [0, 1, 3, 4, 5] and c["all but first"] == [1, 2, 3, 4, 5]
+    assert c["all"] == list(range(6)) and c["none"] == []
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_patching_with_the_models_own_states_changes_nothing(arch):
+    lm, ids = tiny_model(arch), prompt(N)
+    r = _clean(lm, ids)
+    for layer in range(lm.n_layers):
+        again = attention_update_again(lm, r, layer, r.resid[layer][None].expand(3, -1, -1))
+        torch.testing.assert_close(again, r.attn[layer].float().expand(3, -1), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text", "gpt2", "gptj"])
+def test_running_one_layer_again_equals_a_patched_forward_pass(arch):
+    lm, ids = tiny_model(arch), prompt(N)
+    r = _clean(lm, ids)
+    layer, positions = 2, [N - 4, N - 3]  # inside the sliding windows of the tiny models
+    patched = r.resid[layer].clone()
+    patched[positions] = r.resid[0, positions]
+    ours = attention_update_again(lm, r, layer, patched[None])
+    full = run(lm, ids, [[PatchHidden(layer, positions, r.resid[0, positions])]],
+               capture=Capture(positions=[N - 1], attn=True)).acts["attn"][0, layer, 0]
+    torch.testing.assert_close(ours[0], full.float(), atol=1e-5, rtol=1e-4)
+    assert (ours[0] - r.attn[layer]).abs().max() > 1e-4
+
+
+def _direct_value_output(lm, arch, layer, x):
+    """W_O^h W_V^h norm(x), from the weight matrices."""
+    block = lm.layers[layer]
+    if arch == "gpt2":
+        d = lm.config.hidden_size
+        v = block.ln_1(x) @ block.attn.c_attn.weight[:, 2 * d:] + block.attn.c_attn.bias[2 * d:]
+        w_o = block.attn.c_proj.weight.T  # Conv1D stores (in, out)
+    else:
+        v = block.self_attn.v_proj(block.input_layernorm(x))
+        w_o = block.self_attn.o_proj.weight
+    hd, rep = lm.head_dim, lm.n_heads // (v.shape[-1] // lm.head_dim)
+    out = torch.stack([v[:, (h // rep) * hd:(h // rep + 1) * hd] @ w_o[:, h * hd:(h + 1) * hd].T
+                       for h in range(lm.n_heads)], dim=1)
+    if arch == "gemma3_text":
+        out = block.post_attention_layernorm(out)
+    return out
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text", "gpt2"])
+def test_value_output_circuit_matches_the_weights(arch):
+    lm = tiny_model(arch)
+    x = torch.randn(7, lm.config.hidden_size, generator=torch.Generator().manual_seed(3))
+    for layer in (0, 2):
+        torch.testing.assert_close(value_output(lm, layer, x, chunk=3), _direct_value_output(lm, arch, layer, x),
+                                   atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("screen", [True, False])
+def test_ranked_first_equals_a_full_projection(screen):
+    lm = tiny_model("llama")
+    g = torch.Generator().manual_seed(0)
+    weight = lm.unembedding.weight
+    v = torch.randn(300, weight.shape[1], generator=g)
+    v[:100] += 3 * weight[5]  # some vectors that do rank token 5 first, some near ties
+    v[100:110] = 0
+    targets = torch.full((300,), 5)
+    targets[200:] = (v[200:] @ weight.T).argmax(-1)  # exactly their top tokens
+    scores = v @ weight.T
+    expected = (scores.scatter(-1, targets[:, None], float("-inf")) < scores.gather(-1, targets[:, None])).all(-1)
+    assert expected[:100].any() and not expected[100:110].any() and expected[200:].all()
+    torch.testing.assert_close(ranked_first(lm, v, targets, screen=screen, chunk=64), expected)
+
+
+def test_scaled_layers():
+    assert scaled_layers(48) == [0, 1, 5, 10, 20]
+    assert scaled_layers(18) == [0, 1, 2, 4, 8]
+    assert scaled_layers(30) == [0, 1, 3, 6, 12]
