@@ -168,3 +168,19 @@ def test_scaled_layers():
     assert scaled_layers(48) == [0, 1, 5, 10, 20]
     assert scaled_layers(18) == [0, 1, 2, 4, 8]
     assert scaled_layers(30) == [0, 1, 3, 6, 12]
+
+
+@pytest.mark.parametrize("arch", ["gemma3_text", "gpt2", "gptj"])
+def test_ranked_first_under_the_logit_lens(arch):
+    """The final norm and the output bias (GPT-J's head has one) are part of the readout."""
+    from utils.projection import project
+
+    lm = tiny_model(arch)
+    if arch == "gptj":
+        torch.nn.init.normal_(lm.unembedding.bias, std=1.0)
+    v = torch.randn(200, lm.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    scores = project(lm, v, "logit_lens")
+    targets = torch.where(torch.arange(200) % 2 == 0, scores.argmax(-1), torch.tensor(7))
+    expected = (scores.scatter(-1, targets[:, None], float("-inf")) < scores.gather(-1, targets[:, None])).all(-1)
+    for screen in (True, False):
+        torch.testing.assert_close(ranked_first(lm, v, targets, "logit_lens", screen=screen), expected)

@@ -29,9 +29,6 @@ from .projection import project, token_ranks
 # --------------------------------------------------------------------------------------
 # "Ranked first", fast and exact
 
-_BF16 = {}
-
-
 def _bf16_is_fast(device: torch.device) -> bool:
     if device.type == "cuda":
         return True
@@ -40,59 +37,80 @@ def _bf16_is_fast(device: torch.device) -> bool:
 
 
 def _unembedding_bf16(lm) -> tuple[Tensor, Tensor]:
+    """The unembedding in bf16 and its rows' norms, kept on ``lm`` while the weights are unchanged."""
     weight = lm.unembedding.weight
-    key = (id(weight), weight.data_ptr())
-    if key not in _BF16:
-        _BF16.clear()
-        _BF16[key] = (weight.detach().bfloat16(), weight.detach().float().norm(dim=-1))
-    return _BF16[key]
+    stamp = (weight.data_ptr(), weight._version)
+    cached = getattr(lm, "_dissect_bf16", None)
+    if cached is None or cached[0] != stamp:
+        cached = (stamp, weight.detach().bfloat16(), weight.detach().float().norm(dim=-1))
+        lm._dissect_bf16 = cached
+    return cached[1], cached[2]
+
+
+def readout(lm, vectors: Tensor, mode: str = "paper") -> tuple[Tensor, Tensor | None]:
+    """The vectors the vocabulary scores are a linear function of, and the output bias:
+    ``"paper"`` scores ``E v`` (no final norm, as the official code); ``"logit_lens"``
+    scores the model's own head on ``final_norm(v)`` (its final soft-capping, if any, is
+    monotone and changes no ranking)."""
+    if mode == "paper":
+        return vectors.float(), None
+    if mode != "logit_lens":
+        raise ValueError("mode must be 'paper' or 'logit_lens'")
+    head = lm.unembedding
+    normed = lm.final_norm(vectors.to(head.weight.device, lm.dtype)).float()
+    return normed, None if head.bias is None else head.bias.float()
 
 
 @torch.no_grad()
-def ranked_first(lm, vectors: Tensor, targets, screen: bool | None = None, chunk: int = 256) -> Tensor:
-    """Whether each vector's projection to the vocabulary ("paper" mode) ranks its target
-    token strictly above every other token (a zero vector ranks nothing first).
+def ranked_first(lm, vectors: Tensor, targets, mode: str = "paper", screen: bool | None = None,
+                 chunk: int = 128) -> Tensor:
+    """Whether each vector's vocabulary projection ranks its target token strictly above
+    every other token (a zero vector ranks nothing first); ``mode`` as in
+    :func:`utils.projection.project`.
 
-    The analyses test hundreds of vectors per fact against a 262k-token vocabulary, so a
-    bfloat16 pass screens the vocabulary first (about 4x faster than float32 where the CPU
-    has bf16 units), and every token whose bf16 score could be within the proven error
-    bound of the target's is scored again in float32. The answer is the float32 one.
-    ``screen=None`` screens where bf16 is fast.
+    The analyses test hundreds of vectors per fact against vocabularies of up to 262k
+    tokens, so a bfloat16 pass screens the vocabulary first (about 4x faster than float32
+    where the CPU has bf16 units), and every token whose bf16 score could be within the
+    proven error bound of the target's is scored again in float32: the answer is the
+    float32 one. ``screen=None`` screens where bf16 is fast.
     """
     weight = lm.unembedding.weight
-    vectors = vectors.to(weight.device).float()
-    targets = torch.as_tensor(targets, device=weight.device).expand(vectors.shape[:-1]).reshape(-1)
-    flat = vectors.reshape(-1, vectors.shape[-1])
+    x, bias = readout(lm, vectors.to(weight.device), mode)
+    targets = torch.as_tensor(targets, device=weight.device).expand(x.shape[:-1]).reshape(-1)
+    flat = x.reshape(-1, x.shape[-1])
     if screen is None:
         screen = _bf16_is_fast(weight.device)
+    test = _first_screened if screen else _first_exact
     out = torch.empty(len(flat), dtype=torch.bool, device=weight.device)
     for start in range(0, len(flat), chunk):
-        v, t = flat[start:start + chunk], targets[start:start + chunk]
-        out[start:start + chunk] = (_first_screened if screen else _first_exact)(lm, v, t)
-    return out.view(vectors.shape[:-1])
+        out[start:start + chunk] = test(lm, flat[start:start + chunk], targets[start:start + chunk], bias)
+    return out.view(x.shape[:-1])
 
 
-def _first_exact(lm, v: Tensor, t: Tensor) -> Tensor:
+def _first_exact(lm, v: Tensor, t: Tensor, bias) -> Tensor:
     scores = v @ lm.unembedding.weight.float().T
+    if bias is not None:
+        scores = scores + bias
     target = scores.gather(-1, t[:, None])
     return (scores.scatter(-1, t[:, None], float("-inf")) < target).all(-1)
 
 
-def _first_screened(lm, v: Tensor, t: Tensor) -> Tensor:
+def _first_screened(lm, v: Tensor, t: Tensor, bias) -> Tensor:
     weight = lm.unembedding.weight
     half, norms = _unembedding_bf16(lm)
-    target = (v * weight[t].float()).sum(-1, keepdim=True)
-    approx = (v.bfloat16() @ half.T).float().scatter(-1, t[:, None], float("-inf"))
+    bias = torch.zeros(weight.shape[0], device=v.device) if bias is None else bias
+    target = (v * weight[t].float()).sum(-1, keepdim=True) + bias[t, None]
+    approx = ((v.bfloat16() @ half.T).float() + bias).scatter(-1, t[:, None], float("-inf"))
     # bf16 rounds inputs and output to 8 significant bits: |error| <= ~0.012 |u||v| (2^-6 kept)
     slack = 2.0 ** -6 * norms[None] * v.norm(dim=-1, keepdim=True) + 1e-30
     beaten = (approx - slack > target).any(-1)
     candidate = (approx + slack >= target) & ~beaten[:, None]
     wide = candidate.sum(-1) > 2048  # (near-)degenerate vectors: score them in full
     if wide.any():
-        beaten[wide] = ~_first_exact(lm, v[wide], t[wide])
+        beaten[wide] = ~_first_exact(lm, v[wide], t[wide], bias)
         candidate[wide] = False
     rows, tokens = candidate.nonzero(as_tuple=True)
-    exact = (v[rows] * weight[tokens].float()).sum(-1)
+    exact = (v[rows] * weight[tokens].float()).sum(-1) + bias[tokens]
     beaten[rows[exact >= target[rows, 0]]] = True
     return ~beaten
 
@@ -311,10 +329,11 @@ def scaled_layers(n_layers: int, paper_layers=(0, 1, 5, 10, 20), paper_n_layers:
 
 
 @torch.no_grad()
-def patching_rows(lm, fact, sources, sink_in_non_subject: bool = False, screen=None) -> list[dict]:
+def patching_rows(lm, fact, sources, mode: str = "paper", sink_in_non_subject: bool = False,
+                  screen=None) -> list[dict]:
     """E7 for one fact: for every layer l, position set P and source layer s, the input of
-    layer l at P is replaced by the same prompt's ``hidden_states[s]`` (as the official code
-    does, s may exceed l) and attention extraction at l is tested. One row per (P, s):
+    layer l at P is replaced by the same prompt's ``hidden_states[s]`` (as in the official
+    code, s may exceed l) and attention extraction at l is tested. One row per (P, s):
     whether attention extracts at any layer, and at how many; P="none" is the unpatched
     run of the same machinery."""
     r = clean_run(lm, fact, attention=False)
@@ -322,15 +341,14 @@ def patching_rows(lm, fact, sources, sink_in_non_subject: bool = False, screen=N
     conditions = [("none", None)] + [(g, s) for g in ("subject", "non-subject", "last") for s in sources]
     updates = []
     for layer in range(lm.n_layers):
-        clean = r.resid[layer]
-        batch = clean.expand(len(conditions), *clean.shape).clone()
+        batch = r.resid[layer].expand(len(conditions), -1, -1).clone()
         for i, (group, source) in enumerate(conditions):
             if source is not None:
                 batch[i, groups[group]] = r.resid[source, groups[group]]
         updates.append(attention_update_again(lm, r, layer, batch))
-    events = ranked_first(lm, torch.stack(updates), r.target, screen)  # (L, conditions)
+    events = ranked_first(lm, torch.stack(updates), r.target, mode, screen)  # (L, conditions)
     return [{"known_id": fact["known_id"], "positions": group, "source_layer": -1 if source is None else source,
-             "extracted": bool(events[:, i].any()), "n_layers": int(events[:, i].sum()),
+             "extracted": int(events[:, i].any()), "n_layers": int(events[:, i].sum()),
              "n_positions": len(groups[group]) if source is not None else 0}
             for i, (group, source) in enumerate(conditions)]
 
@@ -340,57 +358,62 @@ def patching_rows(lm, fact, sources, sink_in_non_subject: bool = False, screen=N
 
 
 @torch.no_grad()
-def extraction_rows(lm, fact, sink_in_non_subject: bool = False, screen=None) -> list[dict]:
+def extraction_rows(lm, fact, mode: str = "paper", sink_in_non_subject: bool = False, screen=None) -> list[dict]:
     """Everything this section measures on one fact's clean pass, as tidy rows
-    (known_id, layer, measure, condition, variant, head, value):
+    (known_id, projection, layer, measure, condition, variant, head, value):
 
-    * measure "attn" / "mlp": 1 if that update ranks the prediction first (E5), every layer;
-    * at each layer where attention extracts:
-      "blocked" (E6) per blocked set ``condition`` and ``variant``: 1 if it still extracts;
+    * "attn" / "mlp" (E5): 1 if that update at the last position ranks the prediction
+      first; every layer, under both projections ("paper" and "logit_lens");
+    * at each layer where attention extracts under ``mode``:
+      "blocked" (E6), per blocked set ``condition`` and ``variant``: 1 if it still extracts;
       "subject_rank" (E8): the prediction's rank in the last-subject representation
-      ``hidden_states[l + 1]``, and "subject_rank_input" in ``hidden_states[l]``;
+      ``hidden_states[l + 1]`` (the official choice), and "subject_rank_input" in
+      ``hidden_states[l]``, what the layer's attention actually reads;
       "head" (E9): 1 if head ``head``'s own share of the update ranks it first.
     """
     r = clean_run(lm, fact)
     target, n, key = r.target, int(fact["n_tokens"]), fact["known_id"]
-    events = ranked_first(lm, torch.stack([r.attn, r.mlp]), target, screen)  # (2, L)
-    rows = [_row(key, layer, sub, int(events[i, layer])) for i, sub in enumerate(("attn", "mlp"))
-            for layer in range(lm.n_layers)]
-    layers = events[0].nonzero().flatten().tolist()
+    rows, layers = [], []
+    for projection in ("paper", "logit_lens"):
+        events = ranked_first(lm, torch.stack([r.attn, r.mlp]), target, projection, screen)  # (2, L)
+        rows += [_row(key, projection, layer, sub, int(events[i, layer])) for i, sub in enumerate(("attn", "mlp"))
+                 for layer in range(lm.n_layers)]
+        if projection == mode:
+            layers = events[0].nonzero().flatten().tolist()
     if not layers:
         return rows
 
-    # E6: recompute the extracting layers' updates with blocked edges
+    # E6: the extracting layers' updates recomputed with blocked edges
     conditions = block_conditions(position_groups(fact, sink_in_non_subject), n)
-    masks = torch.zeros(len(conditions), n, dtype=torch.bool, device=r.weights.device)
+    masks = torch.zeros(len(conditions), 1, n, dtype=torch.bool, device=r.weights.device)
     for i, blocked in enumerate(conditions.values()):
-        masks[i, blocked] = True
+        masks[i, 0, blocked] = True
     blocked_updates = torch.stack([
-        torch.stack([update_from_weights(lm, layer, reweight(r.weights[layer], masks[:, None], v), r.values[layer])
+        torch.stack([update_from_weights(lm, layer, reweight(r.weights[layer], masks, v), r.values[layer])
                      for v in VARIANTS])
         for layer in layers])  # (layers, variants, conditions, d)
-    still = ranked_first(lm, blocked_updates, target, screen)
-    rows += [_row(key, layer, "blocked", int(still[i, j, k]), condition=c, variant=v)
+    still = ranked_first(lm, blocked_updates, target, mode, screen)
+    rows += [_row(key, mode, layer, "blocked", int(still[i, j, k]), condition=c, variant=v)
              for i, layer in enumerate(layers) for j, v in enumerate(VARIANTS) for k, c in enumerate(conditions)]
 
     # E8: the attribute's rank in the last-subject representation
     subject_last = position_groups(fact)["subject"][-1]
     states = torch.stack([r.resid[[layer + 1, layer], subject_last] for layer in layers])  # (layers, 2, d)
-    ranks = token_ranks(project(lm, states), target)
-    rows += [_row(key, layer, m, int(ranks[i, j])) for i, layer in enumerate(layers)
+    ranks = token_ranks(project(lm, states, mode), target)
+    rows += [_row(key, mode, layer, m, int(ranks[i, j])) for i, layer in enumerate(layers)
              for j, m in enumerate(("subject_rank", "subject_rank_input"))]
 
     # E9: which heads' own shares rank the prediction first
     shares = torch.stack([head_contributions(lm, layer, r.heads[layer])[0] for layer in layers])
-    own = ranked_first(lm, shares, target, screen)  # (layers, H)
-    rows += [_row(key, layer, "head", int(own[i, h]), head=h)
+    own = ranked_first(lm, shares, target, mode, screen)  # (layers, H)
+    rows += [_row(key, mode, layer, "head", int(own[i, h]), head=h)
              for i, layer in enumerate(layers) for h in range(lm.n_heads)]
     return rows
 
 
-def _row(known_id, layer, measure, value, condition="", variant="", head=-1) -> dict:
-    return {"known_id": known_id, "layer": layer, "measure": measure, "condition": condition,
-            "variant": variant, "head": head, "value": value}
+def _row(known_id, projection, layer, measure, value, condition="", variant="", head=-1) -> dict:
+    return {"known_id": known_id, "projection": projection, "layer": layer, "measure": measure,
+            "condition": condition, "variant": variant, "head": head, "value": value}
 
 
 # --------------------------------------------------------------------------------------
