@@ -187,3 +187,23 @@ def test_ranked_first_under_the_logit_lens(arch):
     expected = (scores.scatter(-1, targets[:, None], float("-inf")) < scores.gather(-1, targets[:, None])).all(-1)
     for screen in (True, False):
         torch.testing.assert_close(ranked_first(lm, v, targets, "logit_lens", screen=screen), expected)
+
+
+def test_head_mapping_rows_rank_the_mapped_tokens():
+    from utils.extraction import head_mapping_rows, token_embeddings
+    from utils.projection import project, token_ranks
+
+    lm = tiny_model("llama")
+    facts = [{"known_id": i, "input_ids": [5 + i, 6 + i, 7 + i, 8], "n_tokens": 4, "subject_positions": [0, 1],
+              "subject": f"s{i}", "pred_token_id": 20 + i} for i in range(3)]
+    lm.tokenizer = type("T", (), {"batch_decode": staticmethod(lambda ids: [str(i[0]) for i in ids])})()
+    rows = head_mapping_rows(lm, 1, [0, 3], facts, pool=[20, 21, 22, 30, 31], k=4)
+    assert len(rows) == 6 and {r["head"] for r in rows} == {0, 3}
+    r = rows[4]  # head 3, fact 1
+    scores = project(lm, value_output(lm, 1, token_embeddings(lm, [6, 7]))[:, 3])
+    ranks = token_ranks(scores, 21)
+    assert r["rank_best"] == int(ranks.min()) and r["rank_last"] == int(ranks[1])
+    others = torch.stack([token_ranks(scores, t).min() for t in (20, 22, 30, 31)]).float()
+    assert r["control_median_rank"] == float(others.median())
+    assert r["control_top10"] == float((others < 10).float().mean())
+    assert len(r["top_tokens"]) == 4

@@ -479,3 +479,39 @@ def token_embeddings(lm, token_ids) -> Tensor:
     ids = torch.as_tensor(token_ids, dtype=torch.long, device=lm.device)
     with torch.no_grad():
         return lm.model.get_input_embeddings()(ids)
+
+
+@torch.no_grad()
+def head_mapping_rows(lm, layer: int, heads, facts, mode: str = "paper", pool=None, k: int = 5) -> list[dict]:
+    """For each fact and each head of ``layer`` in ``heads``: the rank of the fact's
+    predicted attribute when the head's value-output circuit maps the subject's tokens to
+    the vocabulary (best over the subject's tokens, and for its last token). As a control,
+    the ranks of the *other* attributes in ``pool`` (token ids; default: the facts'
+    predictions) under the same mapping: their median, and the share of them in the top 10.
+    Also the top ``k`` tokens mapped from the subject token that ranks the attribute best."""
+    from .projection import decode_ids
+
+    facts = list(facts)
+    targets = [int(f["pred_token_id"]) for f in facts]
+    pool = torch.tensor(sorted(set(targets) if pool is None else {int(t) for t in pool}))
+    tokens = [[int(fact["input_ids"][p]) for p in position_groups(fact)["subject"]] for fact in facts]
+    unique = sorted({t for ts in tokens for t in ts})
+    index = {t: i for i, t in enumerate(unique)}
+    mapped = value_output(lm, layer, token_embeddings(lm, unique))  # (T, H, d)
+    rows = []
+    for head in heads:
+        for fact, target, subject_tokens in zip(facts, targets, tokens):
+            scores = project(lm, mapped[[index[t] for t in subject_tokens], head], mode)  # (subject tokens, V)
+            ranks = token_ranks(scores, target)
+            best = int(ranks.argmin())
+            others = pool[pool != target]
+            ascending = scores.sort(-1).values  # rank = how many tokens score higher
+            other_scores = scores[:, others.to(scores.device)].contiguous()
+            other_ranks = (scores.shape[-1] - torch.searchsorted(ascending, other_scores, right=True)).min(0).values
+            rows.append({"known_id": fact["known_id"], "layer": layer, "head": head, "subject": fact["subject"],
+                         "attribute": decode_ids(lm, target), "rank_best": int(ranks.min()),
+                         "rank_last": int(ranks[-1]),
+                         "control_median_rank": float(other_ranks.float().median()) if len(others) else None,
+                         "control_top10": float((other_ranks < 10).float().mean()) if len(others) else None,
+                         "top_tokens": decode_ids(lm, scores[best].topk(k).indices)})
+    return rows
