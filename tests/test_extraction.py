@@ -207,3 +207,45 @@ def test_head_mapping_rows_rank_the_mapped_tokens():
     assert r["control_median_rank"] == float(others.median())
     assert r["control_top10"] == float((others < 10).float().mean())
     assert len(r["top_tokens"]) == 4
+
+
+@pytest.mark.parametrize("arch, seed", [("llama", 5), ("gemma3_text", 3)])  # prompts where patching makes events
+def test_patching_rows_equal_patched_forward_passes(arch, seed):
+    from utils.extraction import patching_rows, position_groups
+
+    lm, ids = tiny_model(arch), prompt(N, seed=seed)
+    fact = {**_fact(ids, subject=(5, 6, 7)), "pred_token_id": int(run(lm, ids).logits[0, -1].argmax())}
+    rows = patching_rows(lm, fact, [0, 1], screen=False)
+    groups = position_groups(fact)
+    assert [(r["positions"], r["source_layer"]) for r in rows] == [(g, s) for g in groups for s in (0, 1)]
+    assert sum(r["n_layers"] for r in rows) > 0
+    resid = run(lm, ids, capture=Capture(resid=True)).acts["resid"][0]
+    for row in rows:
+        positions = groups[row["positions"]]
+        updates = torch.stack([
+            run(lm, ids, [[PatchHidden(layer, positions, resid[row["source_layer"], positions])]],
+                capture=Capture(positions=[N - 1], attn=True)).acts["attn"][0, layer, 0]
+            for layer in range(lm.n_layers)])
+        events = ranked_first(lm, updates, fact["pred_token_id"], screen=False)
+        assert row["n_layers"] == int(events.sum()) and row["extracted"] == int(events.any())
+
+
+def test_extraction_rows_are_consistent():
+    import pandas as pd
+
+    from utils.extraction import extraction_rows
+
+    lm, ids = tiny_model("gemma3_text"), prompt(N, seed=3)
+    fact = {**_fact(ids, subject=(5, 6, 7)), "pred_token_id": int(run(lm, ids).logits[0, -1].argmax())}
+    rows = pd.DataFrame(extraction_rows(lm, fact, "paper", screen=False))
+    r = clean_run(lm, fact)
+    events = ranked_first(lm, r.attn, r.target, screen=False)
+    attn = rows[(rows.measure == "attn") & (rows.projection == "paper")].sort_values("layer")
+    assert attn.value.tolist() == events.int().tolist() and events.any()
+    extracting = attn[attn.value == 1].layer.tolist()
+    blocked = rows[rows.measure == "blocked"]
+    assert sorted(blocked.layer.unique()) == extracting
+    assert (blocked[blocked.condition == "none"].value == 1).all()  # nothing blocked: still extracts, both variants
+    assert (blocked[blocked.condition == "all"].value == 0).all()  # zero weights: the update is 0 (no bias)
+    assert len(rows[rows.measure == "head"]) == lm.n_heads * len(extracting)
+    assert len(rows[rows.measure == "subject_rank"]) == len(extracting)

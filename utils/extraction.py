@@ -4,8 +4,8 @@ The last step of factual recall in the paper: at the last position, attention re
 attribute out of the enriched subject. The computations behind notebook 03:
 
 * E5 - an *extraction event* at layer l: the attention (or MLP) update at the last
-  position, projected to the vocabulary with no final norm, ranks the model's prediction
-  first.
+  position, projected to the vocabulary (with no final norm as in the official code, or
+  through the final norm: the logit lens), ranks the model's prediction first.
 * E6 - the attention update of an extracting layer recomputed from its captured weights
   and values with edges from the last position removed, both as the official code does
   it (softmax applied again to the probabilities, spec P2) and by renormalising.
@@ -25,11 +25,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .interventions import Capture, PatchHidden, _first, _layer_input, _with_layer_input, run
+from .interventions import Capture, PatchHidden, _first, _with_layer_input, run
 from .projection import project, token_ranks
 
 # --------------------------------------------------------------------------------------
 # "Ranked first", fast and exact
+
 
 @functools.cache
 def _bf16_is_fast(device_type: str) -> bool:
@@ -108,7 +109,7 @@ def _first_exact(lm, v: Tensor, t: Tensor, bias) -> Tensor:
     if bias is not None:
         scores = scores + bias
     target = scores.gather(-1, t[:, None])
-    return (scores.scatter(-1, t[:, None], float("-inf")) < target).all(-1)
+    return (scores.scatter(-1, t[:, None], float("-inf")) < target).all(-1) & (v.norm(dim=-1) > 0)
 
 
 def _first_screened(lm, v: Tensor, t: Tensor, bias) -> Tensor:
@@ -121,14 +122,15 @@ def _first_screened(lm, v: Tensor, t: Tensor, bias) -> Tensor:
     # bf16 keeps 8 significant bits of the inputs and of the output, so each approximate
     # score is within ~0.012 |u_j| |v| of the float32 one; 2^-6 max_j |u_j| |v| bounds it
     slack = 2.0 ** -6 * max_norm * v.norm(dim=-1)
-    beaten = approx.max(-1).values.float() - slack > target
-    candidate = (approx >= (target - slack)[:, None]) & ~beaten[:, None]
+    beaten = (approx.max(-1).values.float() - slack > target) | (slack == 0)  # a zero vector ranks nothing first
+    candidate = approx >= (target - slack)[:, None]
+    candidate[beaten] = False
     candidate[torch.arange(len(t)), t] = False
-    wide = candidate.sum(-1) > 2048  # (near-)degenerate vectors: score them in full
+    rows, tokens = candidate.nonzero(as_tuple=True)
+    wide = torch.bincount(rows, minlength=len(t)) > 4096  # near-ties everywhere: score those rows in full
     if wide.any():
         beaten[wide] = ~_first_exact(lm, v[wide], t[wide], bias)
-        candidate[wide] = False
-    rows, tokens = candidate.nonzero(as_tuple=True)
+        rows, tokens = rows[~wide[rows]], tokens[~wide[rows]]
     exact = (v[rows] * weight[tokens].float()).sum(-1)
     if bias is not None:
         exact = exact + bias[tokens]
@@ -357,22 +359,20 @@ def patching_rows(lm, fact, sources, mode: str = "paper", sink_in_non_subject: b
     """E7 for one fact: for every layer l, position set P and source layer s, the input of
     layer l at P is replaced by the same prompt's ``hidden_states[s]`` (as in the official
     code, s may exceed l) and attention extraction at l is tested. One row per (P, s):
-    whether attention extracts at any layer, and at how many; P="none" is the unpatched
-    run of the same machinery."""
+    whether attention extracts at some layer, and at how many."""
     r = clean_run(lm, fact, attention=False)
     groups = position_groups(fact, sink_in_non_subject)
-    conditions = [("none", None)] + [(g, s) for g in ("subject", "non-subject", "last") for s in sources]
+    conditions = [(g, s) for g in ("subject", "non-subject", "last") for s in sources]
     updates = []
     for layer in range(lm.n_layers):
         batch = r.resid[layer].expand(len(conditions), -1, -1).clone()
         for i, (group, source) in enumerate(conditions):
-            if source is not None:
-                batch[i, groups[group]] = r.resid[source, groups[group]]
+            batch[i, groups[group]] = r.resid[source, groups[group]]
         updates.append(attention_update_again(lm, r, layer, batch))
     events = ranked_first(lm, torch.stack(updates), r.target, mode, screen)  # (L, conditions)
-    return [{"known_id": fact["known_id"], "positions": group, "source_layer": -1 if source is None else source,
+    return [{"known_id": fact["known_id"], "positions": group, "source_layer": source,
              "extracted": int(events[:, i].any()), "n_layers": int(events[:, i].sum()),
-             "n_positions": len(groups[group]) if source is not None else 0}
+             "n_positions": len(groups[group])}
             for i, (group, source) in enumerate(conditions)]
 
 
