@@ -6,6 +6,7 @@ from tiny_models import ARCHITECTURES, prompt, tiny_model
 
 from utils.extraction import (
     attention_update_again,
+    likely_top,
     block_conditions,
     clean_run,
     head_contributions,
@@ -165,6 +166,9 @@ def test_ranked_first_equals_a_full_projection(screen):
     expected = (scores.scatter(-1, targets[:, None], float("-inf")) < scores.gather(-1, targets[:, None])).all(-1)
     assert expected[:100].any() and not expected[100:110].any() and expected[200:].all()
     torch.testing.assert_close(ranked_first(lm, v, targets, screen=screen, chunk=64), expected)
+    # a shortlist only settles vectors early: the answers stay the same, whatever it holds
+    for shortlist in ([5], [0, 1, 2, 5, 7], likely_top(lm, v[:20], k=8), torch.arange(weight.shape[0])):
+        torch.testing.assert_close(ranked_first(lm, v, targets, shortlist=shortlist, screen=screen), expected)
 
 
 def test_scaled_layers():
@@ -187,6 +191,8 @@ def test_ranked_first_under_the_logit_lens(arch):
     expected = (scores.scatter(-1, targets[:, None], float("-inf")) < scores.gather(-1, targets[:, None])).all(-1)
     for screen in (True, False):
         torch.testing.assert_close(ranked_first(lm, v, targets, "logit_lens", screen=screen), expected)
+        shortlist = likely_top(lm, v[:50], "logit_lens", k=4)
+        torch.testing.assert_close(ranked_first(lm, v, targets, "logit_lens", shortlist, screen), expected)
 
 
 def test_head_mapping_rows_rank_the_mapped_tokens():
