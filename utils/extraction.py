@@ -28,6 +28,10 @@ from torch import Tensor
 from .interventions import Capture, PatchHidden, _first, _with_layer_input, run
 from .projection import project, token_ranks
 
+ROWS_VERSION = 2
+"""Part of every sweep's parameters: bumped when a change to this module changes the rows
+it produces, so that a resumed sweep never mixes rows of two versions."""
+
 # --------------------------------------------------------------------------------------
 # "Ranked first", fast and exact
 
