@@ -29,6 +29,15 @@ def test_attributes_rate_is_exact_string_overlap_over_the_kept_tokens():
     assert math.isnan(E.attributes_rate([], attributes))
 
 
+def test_mismatched_control_pairs_every_subject_with_another():
+    attributes = {s: frozenset({f" {s}"}) for s in "ABCDE"}
+    control = E.mismatched(attributes)
+    assert set(control) == set(attributes)
+    assert all(control[s] != attributes[s] for s in attributes)
+    assert sorted(map(sorted, control.values())) == sorted(map(sorted, attributes.values()))  # a permutation
+    assert E.mismatched({"A": frozenset()}) == {}
+
+
 def test_clean_top_tokens_filters_then_keeps_the_first_ones():
     scores = torch.tensor([[8.0, 7, 6, 5, 4, 3, 2, 1],    # " Apple" " the" " iPhone" "ab" " banana" ...
                            [1.0, 2, 3, 4, 5, 6, 7, 8]])

@@ -79,6 +79,20 @@ def knockout_windows(repr_layer: int, window: int, extra_layer: bool = True) -> 
     return [tuple(range(start, min(start + size, repr_layer))) for start in range(repr_layer)]
 
 
+def mismatched(attributes: dict[str, frozenset[str]], seed: int = 0) -> dict[str, frozenset[str]]:
+    """Each subject paired with *another* subject's attribute set (a seeded cyclic shift).
+
+    The rate against a wrong subject's set is a control: large attribute sets share generic
+    words ("first", "city", "century") with any representation, and only the excess of the
+    own-subject rate over this control is specific to the subject.
+    """
+    import random
+
+    subjects = sorted(attributes)
+    random.Random(seed).shuffle(subjects)
+    return {s: attributes[subjects[(i + 1) % len(subjects)]] for i, s in enumerate(subjects)} if len(subjects) > 1 else {}
+
+
 def digest(attributes: dict[str, frozenset[str]]) -> str:
     """A short fingerprint of attribute sets (part of a sweep's key, so a changed source never
     reuses stale rows)."""
@@ -106,14 +120,15 @@ def static_subject_ids(lm, fact) -> list[int]:
 
 @torch.no_grad()
 def enrichment_rows(lm, fact: dict, attributes: frozenset[str] | None, top_k: int = 500, kept: int = 50,
-                    mode: str = "paper", top_tokens: int = 0) -> list[dict]:
+                    mode: str = "paper", top_tokens: int = 0, control: frozenset[str] | None = None) -> list[dict]:
     """One fact's attributes rate and attribute rank at every (position, layer), plus the
     static-embedding baseline (``layer=-1``).
 
     ``layer`` is the HF ``hidden_states`` index, 0 (embeddings) .. L-1, as in the official
     loop; the paper plots it at ``layer + 1``. ``mode`` is the projection (``"paper"``: the
     unembedding alone, as the official code; ``"logit_lens"``: final norm first).
-    ``top_tokens`` > 0 also stores that many clean tokens per row (for tables of examples).
+    ``top_tokens`` > 0 also stores that many clean tokens per row (for tables of examples);
+    ``control`` is another subject's set, for the ``control_rate`` (see :func:`mismatched`).
     """
     positions = positions_of(fact)
     out = run(lm, fact["input_ids"], capture=Capture(positions=list(positions.values()), resid=True))
@@ -129,7 +144,8 @@ def enrichment_rows(lm, fact: dict, attributes: frozenset[str] | None, top_k: in
     for (layer, name), toks, rank in zip(labels, tokens, ranks):
         row = {"known_id": fact["known_id"], "subject": fact["subject"], "position": name,
                "token_index": positions.get(name, -1), "layer": layer,
-               "attributes_rate": attributes_rate(toks, attributes), "n_clean": len(toks), "attribute_rank": rank}
+               "attributes_rate": attributes_rate(toks, attributes), "control_rate": attributes_rate(toks, control),
+               "n_clean": len(toks), "attribute_rank": rank}
         if top_tokens:
             row["top_tokens"] = toks[:top_tokens]
         rows.append(row)
@@ -169,7 +185,8 @@ def hidden_after(lm, input_ids, rows, layer: int, position: int) -> Tensor:
 
 @torch.no_grad()
 def knockout_rows(lm, fact: dict, attributes: frozenset[str] | None, repr_layer: int, windows, variant: str = "zero",
-                  top_k: int = 500, kept: int = 50, mode: str = "paper", chunks: int = 1) -> list[dict]:
+                  top_k: int = 500, kept: int = 50, mode: str = "paper", chunks: int = 1,
+                  control: frozenset[str] | None = None) -> list[dict]:
     """One fact's attributes rate at the last subject token of ``hidden_states[repr_layer+1]``
     with no intervention and with each window of MLP / attention sublayers knocked out (at every
     position, as the official code does).
@@ -196,8 +213,8 @@ def knockout_rows(lm, fact: dict, attributes: frozenset[str] | None, repr_layer:
             layers = windows[s] if start is not None else ()
             out.append({"known_id": fact["known_id"], "subject": fact["subject"], "sublayer": kind, "start": s,
                         "end": layers[-1] if layers else -1, "n_knocked": len(layers),
-                        "attributes_rate": attributes_rate(toks, attributes), "n_clean": len(toks),
-                        "attribute_rank": rank})
+                        "attributes_rate": attributes_rate(toks, attributes),
+                        "control_rate": attributes_rate(toks, control), "n_clean": len(toks), "attribute_rank": rank})
     order = ("none", "mlp", "attn")
     return sorted(out, key=lambda r: (order.index(r["sublayer"]), r["start"]))
 
@@ -209,7 +226,7 @@ FACT_FIELDS = ("known_id", "subject", "prompt", "input_ids", "subject_first", "s
                "has_sink", "pred_token_id")
 
 
-def _items(facts: pd.DataFrame) -> list[dict]:
+def fact_items(facts: pd.DataFrame) -> list[dict]:
     return [{k: (list(v) if k == "input_ids" else v) for k, v in fact.items() if k in FACT_FIELDS}
             for fact in facts.to_dict("records")]
 
@@ -219,8 +236,10 @@ def attributes_rate_sweep(lm, facts: pd.DataFrame, attributes: dict[str, frozens
     """E3 over ``facts``: ``results/<model>/attributes_rate.csv``. ``params`` names what else
     decides the numbers (dataset, attribute source); the attribute sets' digest is added."""
     params = {**params, "top_k": top_k, "kept": kept, "projection": mode, "attributes": digest(attributes)}
-    return sweep("attributes_rate", lm, params, _items(facts),
-                 lambda f: enrichment_rows(lm, f, attributes.get(f["subject"]), top_k, kept, mode))
+    controls = mismatched(attributes)
+    return sweep("attributes_rate", lm, params, fact_items(facts),
+                 lambda f: enrichment_rows(lm, f, attributes.get(f["subject"]), top_k, kept, mode,
+                                           control=controls.get(f["subject"])))
 
 
 def knockout_sweep(lm, facts: pd.DataFrame, attributes: dict[str, frozenset[str]], params: dict, repr_layer: int,
@@ -229,9 +248,10 @@ def knockout_sweep(lm, facts: pd.DataFrame, attributes: dict[str, frozenset[str]
     """E4 over ``facts``: ``results/<model>/sublayer_knockout.csv``."""
     params = {**params, "top_k": top_k, "kept": kept, "projection": mode, "attributes": digest(attributes),
               "repr_layer": repr_layer, "windows": [list(w) for w in windows], "variant": variant}
-    return sweep("sublayer_knockout", lm, params, _items(facts),
+    controls = mismatched(attributes)
+    return sweep("sublayer_knockout", lm, params, fact_items(facts),
                  lambda f: knockout_rows(lm, f, attributes.get(f["subject"]), repr_layer, windows, variant,
-                                         top_k, kept, mode, chunks))
+                                         top_k, kept, mode, chunks, controls.get(f["subject"])))
 
 
 # --------------------------------------------------------------------------------------
@@ -246,10 +266,13 @@ def rate_by_layer(table: pd.DataFrame, value: str = "attributes_rate") -> pd.Dat
 
 
 def peak_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Per position: the layer (plotted, 1-based) where the mean rate peaks, and its value."""
-    means = rate_by_layer(table)
-    return pd.DataFrame({"peak_layer": means.idxmax() + 1, "peak_rate": means.max(),
-                         "rate_at_subject_last_peak": means.loc[means["subject last"].idxmax()]})
+    """Per position: the layer (plotted, 1-based) where the mean rate peaks, its value, the
+    mismatched-subject control there, and the rate at the layer where "subject last" peaks."""
+    means, controls = rate_by_layer(table), rate_by_layer(table, "control_rate")
+    peak = means.idxmax()
+    return pd.DataFrame({"peak_layer": peak + 1, "peak_rate": means.max(),
+                         "control_at_peak": [controls.loc[peak[p], p] for p in means.columns],
+                         "rate_at_subject_last_peak": means.loc[peak["subject last"]]})
 
 
 def knockout_summary(table: pd.DataFrame, early_fraction: float = 0.5) -> pd.Series:
@@ -257,12 +280,15 @@ def knockout_summary(table: pd.DataFrame, early_fraction: float = 0.5) -> pd.Ser
     the first ``early_fraction`` of the layers below the representation layer."""
     n_starts = table.start.max() + 1
     early = table[table.start < max(1, round(n_starts * early_fraction))]
-    mean = lambda frame, kind: frame.loc[frame.sublayer == kind, "attributes_rate"].mean()  # noqa: E731
+    mean = lambda frame, kind, col="attributes_rate": frame.loc[frame.sublayer == kind, col].mean()  # noqa: E731
     by_start = table.groupby(["sublayer", "start"]).attributes_rate.mean()
     return pd.Series({
         "no intervention": mean(table, "none"),
         "early MLP knockouts": mean(early, "mlp"),
         "early attention knockouts": mean(early, "attn"),
+        "control: no intervention": mean(table, "none", "control_rate"),
+        "control: early MLP knockouts": mean(early, "mlp", "control_rate"),
+        "control: early attention knockouts": mean(early, "attn", "control_rate"),
         "lowest MLP window (start)": by_start["mlp"].idxmin(),
         "lowest MLP window rate": by_start["mlp"].min(),
         "lowest attention window (start)": by_start["attn"].idxmin(),
