@@ -125,3 +125,22 @@ def test_enrichment_rows_cover_every_layer_and_position(tiny):
         paper = pd.DataFrame(E.enrichment_rows(tiny, fact, None, top_k=5, kept=5, top_tokens=1))
         first = paper[(paper.layer == 0) & (paper.position == "subject last")]
         assert first.top_tokens.iat[0] == [f" tok{fact['input_ids'][4]}"]
+
+
+def test_knockout_summary_splits_window_starts_in_thirds():
+    rows = [{"sublayer": kind, "start": s, "attributes_rate": rate, "control_rate": 1.0}
+            for s in range(6) for kind, rate in (("none", 10.0), ("mlp", 2.0 if s < 2 else 9.0), ("attn", 8.0))]
+    summary = E.knockout_summary(pd.DataFrame(rows))
+    assert list(summary.index) == ["early", "middle", "late"]
+    assert summary.loc["early", "mlp"] == 2.0 and summary.loc["middle", "mlp"] == 9.0
+    assert (summary["none"] == 10.0).all() and (summary["attn (control)"] == 1.0).all()
+    assert summary.first_start.tolist() == [0, 2, 4] and summary.last_start.tolist() == [1, 3, 5]
+
+
+def test_peak_summary_reads_plotted_layers():
+    rows = [{"position": p, "layer": layer, "attributes_rate": (layer if p == "subject last" else 1.0),
+             "control_rate": 0.5} for p in E.POSITIONS for layer in range(4)]
+    peaks = E.peak_summary(pd.DataFrame(rows))
+    assert peaks.loc["subject last", "peak_layer"] == 4 and peaks.loc["subject last", "peak_rate"] == 3.0
+    assert peaks.loc["input last", "rate_at_subject_last_peak"] == 1.0
+    assert (peaks.control_at_peak == 0.5).all()

@@ -232,12 +232,13 @@ def fact_items(facts: pd.DataFrame) -> list[dict]:
 
 
 def attributes_rate_sweep(lm, facts: pd.DataFrame, attributes: dict[str, frozenset[str]], params: dict,
-                          top_k: int = 500, kept: int = 50, mode: str = "paper") -> pd.DataFrame:
-    """E3 over ``facts``: ``results/<model>/attributes_rate.csv``. ``params`` names what else
-    decides the numbers (dataset, attribute source); the attribute sets' digest is added."""
+                          top_k: int = 500, kept: int = 50, mode: str = "paper",
+                          name: str = "attributes_rate") -> pd.DataFrame:
+    """E3 over ``facts``: ``results/<model>/<name>.csv``. ``params`` names what else decides
+    the numbers (dataset, attribute source); the attribute sets' digest is added."""
     params = {**params, "top_k": top_k, "kept": kept, "projection": mode, "attributes": digest(attributes)}
     controls = mismatched(attributes)
-    return sweep("attributes_rate", lm, params, fact_items(facts),
+    return sweep(name, lm, params, fact_items(facts),
                  lambda f: enrichment_rows(lm, f, attributes.get(f["subject"]), top_k, kept, mode,
                                            control=controls.get(f["subject"])))
 
@@ -245,11 +246,11 @@ def attributes_rate_sweep(lm, facts: pd.DataFrame, attributes: dict[str, frozens
 def knockout_sweep(lm, facts: pd.DataFrame, attributes: dict[str, frozenset[str]], params: dict, repr_layer: int,
                    windows, variant: str = "zero", top_k: int = 500, kept: int = 50, mode: str = "paper",
                    chunks: int = 1) -> pd.DataFrame:
-    """E4 over ``facts``: ``results/<model>/sublayer_knockout.csv``."""
+    """E4 over ``facts``: ``results/<model>/sublayer_knockout_<variant>.csv``."""
     params = {**params, "top_k": top_k, "kept": kept, "projection": mode, "attributes": digest(attributes),
               "repr_layer": repr_layer, "windows": [list(w) for w in windows], "variant": variant}
     controls = mismatched(attributes)
-    return sweep("sublayer_knockout", lm, params, fact_items(facts),
+    return sweep(f"sublayer_knockout_{variant}", lm, params, fact_items(facts),
                  lambda f: knockout_rows(lm, f, attributes.get(f["subject"]), repr_layer, windows, variant,
                                          top_k, kept, mode, chunks, controls.get(f["subject"])))
 
@@ -275,22 +276,15 @@ def peak_summary(table: pd.DataFrame) -> pd.DataFrame:
                          "rate_at_subject_last_peak": means.loc[peak["subject last"]]})
 
 
-def knockout_summary(table: pd.DataFrame, early_fraction: float = 0.5) -> pd.Series:
-    """Mean attributes rate with no intervention, and under knockouts of windows that start in
-    the first ``early_fraction`` of the layers below the representation layer."""
-    n_starts = table.start.max() + 1
-    early = table[table.start < max(1, round(n_starts * early_fraction))]
-    mean = lambda frame, kind, col="attributes_rate": frame.loc[frame.sublayer == kind, col].mean()  # noqa: E731
-    by_start = table.groupby(["sublayer", "start"]).attributes_rate.mean()
-    return pd.Series({
-        "no intervention": mean(table, "none"),
-        "early MLP knockouts": mean(early, "mlp"),
-        "early attention knockouts": mean(early, "attn"),
-        "control: no intervention": mean(table, "none", "control_rate"),
-        "control: early MLP knockouts": mean(early, "mlp", "control_rate"),
-        "control: early attention knockouts": mean(early, "attn", "control_rate"),
-        "lowest MLP window (start)": by_start["mlp"].idxmin(),
-        "lowest MLP window rate": by_start["mlp"].min(),
-        "lowest attention window (start)": by_start["attn"].idxmin(),
-        "lowest attention window rate": by_start["attn"].min(),
-    })
+def knockout_summary(table: pd.DataFrame, parts: int = 3) -> pd.DataFrame:
+    """Mean attributes rate (and control) with no intervention and under MLP / attention
+    knockouts, for windows starting in the first, middle and last third of the layers below
+    the representation layer (rows ``early``, ``middle``, ``late``)."""
+    names = ["early", "middle", "late"] if parts == 3 else [f"part {i + 1}" for i in range(parts)]
+    part = (table.start * parts // (table.start.max() + 1)).map(dict(enumerate(names))).rename("windows")
+    means = table.pivot_table(index=part, columns="sublayer", values=["attributes_rate", "control_rate"],
+                              aggfunc="mean").reindex(names)
+    means.columns = [kind + (" (control)" if value == "control_rate" else "") for value, kind in means.columns]
+    starts = table.start.groupby(part).agg(["min", "max"]).reindex(names)
+    columns = ["none", "mlp", "attn", "none (control)", "mlp (control)", "attn (control)"]
+    return means[columns].assign(first_start=starts["min"], last_start=starts["max"])
