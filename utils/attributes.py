@@ -151,7 +151,8 @@ def build_paragraphs_file(subjects: Iterable[str], source, path: str | Path, k: 
 
     path = Path(path)
     done = read_paragraphs(path) if path.exists() else pd.DataFrame(columns=["subject", "paragraphs"])
-    todo = [s for s in dict.fromkeys(subjects) if s not in set(done.subject)]
+    finished = set(done.subject)
+    todo = [s for s in dict.fromkeys(subjects) if s not in finished]
     path.parent.mkdir(parents=True, exist_ok=True)
     for subject in tqdm(todo, desc="retrieving paragraphs", disable=not progress):
         row = build_paragraphs([subject], source, k)
