@@ -1,0 +1,290 @@
+"""Subject enrichment (paper §4): how much the subject's representation says about the subject.
+
+* **Attributes rate** (E3): project a hidden state to the vocabulary (``project``, paper mode),
+  take the top ``top_k`` (500) tokens, drop stopwords and tokens of two characters or less, keep
+  the first ``kept`` (50) and count the share that is in the subject's attribute set (exact
+  strings, leading space and case included). Measured per layer at five positions, plus the
+  static-embedding baseline (the mean input embedding of the subject's tokens).
+* **Sublayer knockouts** (E4): the attributes rate of the last-subject representation at one
+  layer when a window of MLP (or attention) sublayers before it is knocked out at every position.
+* A complement that needs no external text: the rank of the fact's own attribute token (the
+  model's prediction) in the same projections.
+
+All top-k work happens on the model's device in one batch per fact; token strings come from the
+vocabulary table decoded once (``projection.vocabulary``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+
+import pandas as pd
+import torch
+from torch import Tensor
+
+from .attributes import keep_predicted_token
+from .interventions import Capture, ZeroSublayer, _first, first_layer, intervene, run
+from .projection import project, token_ranks, vocabulary
+from .results import sweep
+
+POSITIONS = ("input first", "subject first", "subject last", "subject subseq.", "input last")
+BASELINE = "static embedding"
+PAPER_LAYERS, PAPER_REPR_LAYER, PAPER_WINDOW = 48, 40, 10
+
+
+def positions_of(fact) -> dict[str, int]:
+    """The paper's five positions in a prompt. "input first" is the prompt's first token: after
+    the BOS when the tokenizer adds one, so that it is a word of the prompt as in GPT-2."""
+    get = fact.__getitem__ if isinstance(fact, dict) else lambda k: getattr(fact, k)
+    return {
+        "input first": 1 if get("has_sink") else 0,
+        "subject first": int(get("subject_first")),
+        "subject last": int(get("subject_last")),
+        "subject subseq.": int(get("subject_last")) + 1,
+        "input last": int(get("n_tokens")) - 1,
+    }
+
+
+def clean_top_tokens(lm, scores: Tensor, top_k: int = 500, kept: int = 50) -> list[list[str]]:
+    """For each row of vocabulary scores: the top ``top_k`` tokens, filtered as the official
+    code does, first ``kept`` of them."""
+    vocab = vocabulary(lm)
+    ids = scores.topk(top_k, dim=-1).indices.tolist()
+    return [[t for t in (vocab[i] for i in row) if keep_predicted_token(t)][:kept] for row in ids]
+
+
+def attributes_rate(tokens: list[str], attributes: frozenset[str] | None) -> float:
+    """% of ``tokens`` that are in the attribute set (NaN when the subject has no set, as the
+    official code's -1, or no token survived the cleaning)."""
+    if attributes is None or not tokens:
+        return math.nan
+    return 100.0 * len(set(tokens) & attributes) / len(tokens)
+
+
+def scaled_layer(n_layers: int, paper_value: int) -> int:
+    """A GPT-2 XL layer count scaled to a model of ``n_layers`` layers (40 of 48 -> 15 of 18)."""
+    return max(1, round(paper_value * n_layers / PAPER_LAYERS))
+
+
+def knockout_windows(repr_layer: int, window: int, extra_layer: bool = True) -> list[tuple[int, ...]]:
+    """The layers knocked out for each window start 0 .. repr_layer-1.
+
+    The official code knocks out ``range(start, min(start + window + 1, repr_layer))``: one
+    layer more than the paper's "window of 10" (``extra_layer=True`` keeps that), and never
+    the representation layer's own block.
+    """
+    size = window + (1 if extra_layer else 0)
+    return [tuple(range(start, min(start + size, repr_layer))) for start in range(repr_layer)]
+
+
+def mismatched(attributes: dict[str, frozenset[str]], seed: int = 0) -> dict[str, frozenset[str]]:
+    """Each subject paired with *another* subject's attribute set (a seeded cyclic shift).
+
+    The rate against a wrong subject's set is a control: large attribute sets share generic
+    words ("first", "city", "century") with any representation, and only the excess of the
+    own-subject rate over this control is specific to the subject.
+    """
+    import random
+
+    subjects = sorted(attributes)
+    random.Random(seed).shuffle(subjects)
+    return {s: attributes[subjects[(i + 1) % len(subjects)]] for i, s in enumerate(subjects)} if len(subjects) > 1 else {}
+
+
+def digest(attributes: dict[str, frozenset[str]]) -> str:
+    """A short fingerprint of attribute sets (part of a sweep's key, so a changed source never
+    reuses stale rows)."""
+    blob = json.dumps(sorted((s, sorted(a)) for s, a in attributes.items()))
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------------------
+# E3: attributes rate by position and layer
+
+
+def static_subject_ids(lm, fact) -> list[int]:
+    """The subject's token ids as they read in the middle of a text.
+
+    The official baseline prefixes "<|endoftext|> " so that a prompt-initial subject gets its
+    space-prefixed tokens (" Beats", not "Be"+"ats"); we prepend the model's sink token and a
+    space the same way.
+    """
+    from .data import subject_positions
+
+    text = " " + fact["prompt"]
+    ids, spans = lm.encode(text, prepend_sink=True if lm.sink_token_id is not None else None, offsets=True)
+    return [ids[i] for i in subject_positions(spans, text, fact["subject"])]
+
+
+@torch.no_grad()
+def enrichment_rows(lm, fact: dict, attributes: frozenset[str] | None, top_k: int = 500, kept: int = 50,
+                    mode: str = "paper", top_tokens: int = 0, control: frozenset[str] | None = None) -> list[dict]:
+    """One fact's attributes rate and attribute rank at every (position, layer), plus the
+    static-embedding baseline (``layer=-1``).
+
+    ``layer`` is the HF ``hidden_states`` index, 0 (embeddings) .. L-1, as in the official
+    loop; the paper plots it at ``layer + 1``. ``mode`` is the projection (``"paper"``: the
+    unembedding alone, as the official code; ``"logit_lens"``: final norm first).
+    ``top_tokens`` > 0 also stores that many clean tokens per row (for tables of examples);
+    ``control`` is another subject's set, for the ``control_rate`` (see :func:`mismatched`).
+    """
+    positions = positions_of(fact)
+    out = run(lm, fact["input_ids"], capture=Capture(positions=list(positions.values()), resid=True))
+    hidden = out.acts["resid"][0, : lm.n_layers]  # (L, P, d): entering each layer
+    static_ids = fact["static_ids"] if "static_ids" in fact else static_subject_ids(lm, fact)
+    static = lm.model.get_input_embeddings().weight[static_ids].mean(0)  # the baseline's vector
+    vectors = torch.cat([hidden.flatten(0, 1), static[None].to(hidden.device)])
+    scores = project(lm, vectors, mode)
+    tokens = clean_top_tokens(lm, scores, top_k, kept)
+    ranks = token_ranks(scores, int(fact["pred_token_id"])).tolist()
+    labels = [(layer, name) for layer in range(lm.n_layers) for name in positions] + [(-1, BASELINE)]
+    rows = []
+    for (layer, name), toks, rank in zip(labels, tokens, ranks):
+        row = {"known_id": fact["known_id"], "subject": fact["subject"], "position": name,
+               "token_index": positions.get(name, -1), "layer": layer,
+               "attributes_rate": attributes_rate(toks, attributes), "control_rate": attributes_rate(toks, control),
+               "n_clean": len(toks), "attribute_rank": rank}
+        if top_tokens:
+            row["top_tokens"] = toks[:top_tokens]
+        rows.append(row)
+    return rows
+
+
+# --------------------------------------------------------------------------------------
+# E4: sublayer knockouts
+
+
+class _Stop(Exception):
+    """Ends a forward pass once the representation layer has run."""
+
+
+@torch.no_grad()
+def hidden_after(lm, input_ids, rows, layer: int, position: int) -> Tensor:
+    """``hidden_states[layer + 1]`` (the output of block ``layer``) at ``position`` for every
+    row of interventions (B, d). Layers after ``layer`` and the head are never run, and the
+    layers before the first intervened one run once for all rows."""
+    ids = torch.as_tensor(input_ids, dtype=torch.long).reshape(1, -1)
+    starts = [first_layer(r) for r in rows]
+    expand_at = 0 if None in starts else min(starts)
+    captured = {}
+
+    def stop(module, args, output):
+        captured["h"] = _first(output)[:, position].detach()
+        raise _Stop
+
+    with intervene(lm, rows, ids.shape[1], expand_at=expand_at) as hooks:
+        hooks.add(lm.layers[layer], stop)
+        try:
+            lm.model(input_ids=ids.to(lm.device), use_cache=False)
+        except _Stop:
+            pass
+    return captured["h"]
+
+
+@torch.no_grad()
+def knockout_rows(lm, fact: dict, attributes: frozenset[str] | None, repr_layer: int, windows, variant: str = "zero",
+                  top_k: int = 500, kept: int = 50, mode: str = "paper", chunks: int = 1,
+                  control: frozenset[str] | None = None) -> list[dict]:
+    """One fact's attributes rate at the last subject token of ``hidden_states[repr_layer+1]``
+    with no intervention and with each window of MLP / attention sublayers knocked out (at every
+    position, as the official code does).
+
+    Window starts are split into ``chunks`` batches: a batch whose windows start late shares the
+    layers below its first window, which saves up to half of the work for a few more passes.
+    The clean row is repeated for every start, as in the official table.
+    """
+    position = int(fact["subject_last"])
+    bounds = [round(i * len(windows) / chunks) for i in range(chunks + 1)]
+    configs, hidden = [], []
+    for lo, hi in zip(bounds, bounds[1:]):
+        group = [("mlp", s) for s in range(lo, hi)] + [("attn", s) for s in range(lo, hi)]
+        group = ([("none", None)] if lo == 0 else []) + group
+        rows = [[ZeroSublayer(kind, windows[s], variant=variant)] if s is not None else [] for kind, s in group]
+        hidden.append(hidden_after(lm, fact["input_ids"], rows, repr_layer, position))
+        configs += group
+    scores = project(lm, torch.cat(hidden), mode)
+    tokens = clean_top_tokens(lm, scores, top_k, kept)
+    ranks = token_ranks(scores, int(fact["pred_token_id"])).tolist()
+    out = []
+    for (kind, start), toks, rank in zip(configs, tokens, ranks):
+        for s in range(len(windows)) if start is None else [start]:
+            layers = windows[s] if start is not None else ()
+            out.append({"known_id": fact["known_id"], "subject": fact["subject"], "sublayer": kind, "start": s,
+                        "end": layers[-1] if layers else -1, "n_knocked": len(layers),
+                        "attributes_rate": attributes_rate(toks, attributes),
+                        "control_rate": attributes_rate(toks, control), "n_clean": len(toks), "attribute_rank": rank})
+    order = ("none", "mlp", "attn")
+    return sorted(out, key=lambda r: (order.index(r["sublayer"]), r["start"]))
+
+
+# --------------------------------------------------------------------------------------
+# Sweeps over a known set (resumable, saved to results/<model>/)
+
+FACT_FIELDS = ("known_id", "subject", "prompt", "input_ids", "subject_first", "subject_last", "n_tokens",
+               "has_sink", "pred_token_id")
+
+
+def fact_items(facts: pd.DataFrame) -> list[dict]:
+    return [{k: (list(v) if k == "input_ids" else v) for k, v in fact.items() if k in FACT_FIELDS}
+            for fact in facts.to_dict("records")]
+
+
+def attributes_rate_sweep(lm, facts: pd.DataFrame, attributes: dict[str, frozenset[str]], params: dict,
+                          top_k: int = 500, kept: int = 50, mode: str = "paper",
+                          name: str = "attributes_rate") -> pd.DataFrame:
+    """E3 over ``facts``: ``results/<model>/<name>.csv``. ``params`` names what else decides
+    the numbers (dataset, attribute source); the attribute sets' digest is added."""
+    params = {**params, "top_k": top_k, "kept": kept, "projection": mode, "attributes": digest(attributes)}
+    controls = mismatched(attributes)
+    return sweep(name, lm, params, fact_items(facts),
+                 lambda f: enrichment_rows(lm, f, attributes.get(f["subject"]), top_k, kept, mode,
+                                           control=controls.get(f["subject"])))
+
+
+def knockout_sweep(lm, facts: pd.DataFrame, attributes: dict[str, frozenset[str]], params: dict, repr_layer: int,
+                   windows, variant: str = "zero", top_k: int = 500, kept: int = 50, mode: str = "paper",
+                   chunks: int = 1) -> pd.DataFrame:
+    """E4 over ``facts``: ``results/<model>/sublayer_knockout_<variant>.csv``."""
+    params = {**params, "top_k": top_k, "kept": kept, "projection": mode, "attributes": digest(attributes),
+              "repr_layer": repr_layer, "windows": [list(w) for w in windows], "variant": variant}
+    controls = mismatched(attributes)
+    return sweep(f"sublayer_knockout_{variant}", lm, params, fact_items(facts),
+                 lambda f: knockout_rows(lm, f, attributes.get(f["subject"]), repr_layer, windows, variant,
+                                         top_k, kept, mode, chunks, controls.get(f["subject"])))
+
+
+# --------------------------------------------------------------------------------------
+# Summaries
+
+
+def rate_by_layer(table: pd.DataFrame, value: str = "attributes_rate") -> pd.DataFrame:
+    """Mean of ``value`` per position (columns) and layer (rows), over facts with a value."""
+    layered = table[table.layer >= 0]
+    return layered.pivot_table(index="layer", columns="position", values=value, aggfunc="mean")[
+        [p for p in POSITIONS if p in set(layered.position)]]
+
+
+def peak_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per position: the layer (plotted, 1-based) where the mean rate peaks, its value, the
+    mismatched-subject control there, and the rate at the layer where "subject last" peaks."""
+    means, controls = rate_by_layer(table), rate_by_layer(table, "control_rate")
+    peak = means.idxmax()
+    return pd.DataFrame({"peak_layer": peak + 1, "peak_rate": means.max(),
+                         "control_at_peak": [controls.loc[peak[p], p] for p in means.columns],
+                         "rate_at_subject_last_peak": means.loc[peak["subject last"]]})
+
+
+def knockout_summary(table: pd.DataFrame, parts: int = 3) -> pd.DataFrame:
+    """Mean attributes rate (and control) with no intervention and under MLP / attention
+    knockouts, for windows starting in the first, middle and last third of the layers below
+    the representation layer (rows ``early``, ``middle``, ``late``)."""
+    names = ["early", "middle", "late"] if parts == 3 else [f"part {i + 1}" for i in range(parts)]
+    part = (table.start * parts // (table.start.max() + 1)).map(dict(enumerate(names))).rename("windows")
+    means = table.pivot_table(index=part, columns="sublayer", values=["attributes_rate", "control_rate"],
+                              aggfunc="mean").reindex(names)
+    means.columns = [kind + (" (control)" if value == "control_rate" else "") for value, kind in means.columns]
+    starts = table.start.groupby(part).agg(["min", "max"]).reindex(names)
+    columns = ["none", "mlp", "attn", "none (control)", "mlp (control)", "attn (control)"]
+    return means[columns].assign(first_start=starts["min"], last_start=starts["max"])
