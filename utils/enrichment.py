@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from .attributes import keep_predicted_token
-from .interventions import Capture, ZeroSublayer, _first, first_layer, intervene, run
+from .interventions import Capture, ZeroSublayer, first_output, first_layer, intervene, run
 from .projection import project, token_ranks, vocabulary
 from .results import sweep
 
@@ -171,7 +171,7 @@ def hidden_after(lm, input_ids, rows, layer: int, position: int) -> Tensor:
     captured = {}
 
     def stop(module, args, output):
-        captured["h"] = _first(output)[:, position].detach()
+        captured["h"] = first_output(output)[:, position].detach()
         raise _Stop
 
     with intervene(lm, rows, ids.shape[1], expand_at=expand_at) as hooks:

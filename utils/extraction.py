@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .interventions import Capture, PatchHidden, _first, _with_layer_input, run
+from .interventions import Capture, PatchHidden, first_output, with_layer_input, run
 from .projection import project, token_ranks
 
 ROWS_VERSION = 2
@@ -355,11 +355,11 @@ def attention_update_again(lm, r: CleanRun, layer: int, hidden: Tensor) -> Tenso
     arguments the model gave it in the clean pass, and stopped once the update is known,
     so a patch at layer l costs one attention sublayer, not a forward pass."""
     args, kwargs = r.calls[layer]
-    args, kwargs = _with_layer_input(args, kwargs, hidden.to(lm.dtype))
+    args, kwargs = with_layer_input(args, kwargs, hidden.to(lm.dtype))
     found = {}
 
     def grab(module, inputs, output):
-        found["update"] = _first(output)[:, -1].float()
+        found["update"] = first_output(output)[:, -1].float()
         raise _Stop
 
     handle = lm.sub(layer, lm.arch.attn_update).register_forward_hook(grab)

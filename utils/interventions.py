@@ -289,19 +289,21 @@ def _positions_mask(batch: int, n: int, rows, select, device) -> dict[int, Tenso
     return {k: v.to(device) for k, v in out.items()}
 
 
-def _first(output):
+def first_output(output):
+    """A module's main output, whether it returns a tensor or a tuple (versions differ)."""
     return output[0] if isinstance(output, tuple) else output
 
 
-def _replace_first(output, new):
+def replace_first_output(output, new):
     return (new, *output[1:]) if isinstance(output, tuple) else new
 
 
-def _layer_input(args, kwargs):
+def layer_input(args, kwargs):
+    """The hidden states a decoder layer was called with (positionally or by keyword)."""
     return args[0] if args else kwargs["hidden_states"]
 
 
-def _with_layer_input(args, kwargs, new):
+def with_layer_input(args, kwargs, new):
     if args:
         return (new, *args[1:]), kwargs
     return args, {**kwargs, "hidden_states": new}
@@ -363,8 +365,8 @@ def intervene(lm, rows: Sequence[Sequence[Intervention]], n_tokens: int, expand_
     try:
         if expand_at is not None:
             def expand(module, args, kwargs):
-                h = _layer_input(args, kwargs)
-                return _with_layer_input(args, kwargs, h.expand(batch, *h.shape[1:]).contiguous())
+                h = layer_input(args, kwargs)
+                return with_layer_input(args, kwargs, h.expand(batch, *h.shape[1:]).contiguous())
 
             hooks.add(lm.layers[expand_at], expand, "pre")
 
@@ -384,9 +386,9 @@ def intervene(lm, rows: Sequence[Sequence[Intervention]], n_tokens: int, expand_
                     values[b, list(iv.positions)] = iv.vectors.to(values.dtype).cpu()
         for layer, (mask, values) in patches.items():
             def patch(module, args, kwargs, mask=mask, values=values):
-                h = _layer_input(args, kwargs)
+                h = layer_input(args, kwargs)
                 new = torch.where(mask.to(h.device)[..., None], values.to(h.device, h.dtype), h)
-                return _with_layer_input(args, kwargs, new)
+                return with_layer_input(args, kwargs, new)
 
             hooks.add(lm.layers[layer], patch, "pre")
 
@@ -406,7 +408,7 @@ def intervene(lm, rows: Sequence[Sequence[Intervention]], n_tokens: int, expand_
                 hooks.state(layer).blocked = m
             else:
                 def rewrite_mask(module, args, kwargs, m=m, layer=layer):
-                    h = _layer_input(args, kwargs)
+                    h = layer_input(args, kwargs)
                     mask = merge_block_into_mask(kwargs.get("attention_mask"), m.to(h.device), h.shape[1], h.shape[1], layer)
                     return args, {**kwargs, "attention_mask": _as_additive(mask, h.dtype)}
 
@@ -421,8 +423,8 @@ def intervene(lm, rows: Sequence[Sequence[Intervention]], n_tokens: int, expand_
             return chosen
 
         def zero_output(module, args, output, mask):
-            h = _first(output)
-            return _replace_first(output, h.masked_fill(mask.to(h.device)[..., None], 0))
+            h = first_output(output)
+            return replace_first_output(output, h.masked_fill(mask.to(h.device)[..., None], 0))
 
         for layer, mask in _positions_mask(batch, n_tokens, rows, select("attn", "zero"), device).items():
             hooks.add(lm.sub(layer, arch.attn_update), lambda m, a, o, mask=mask: zero_output(m, a, o, mask))
@@ -438,7 +440,7 @@ def intervene(lm, rows: Sequence[Sequence[Intervention]], n_tokens: int, expand_
         for layer, mask in _positions_mask(batch, n_tokens, rows, select("attn", "official"), device).items():
             hooks.add(
                 lm.sub(layer, arch.query),
-                lambda m, a, o, mask=mask: _replace_first(o, edit_query(_first(o), mask.to(_first(o).device))),
+                lambda m, a, o, mask=mask: replace_first_output(o, edit_query(first_output(o), mask.to(first_output(o).device))),
             )
         yield hooks
     finally:
@@ -460,14 +462,14 @@ def _install_capture(lm, hooks: _Hooks, capture: Capture, store: dict):
     for layer in layers:
         if capture.resid:
             hooks.add(lm.layers[layer],
-                      lambda m, a, k, layer=layer: put("resid", layer, take(_layer_input(a, k))), "pre")
+                      lambda m, a, k, layer=layer: put("resid", layer, take(layer_input(a, k))), "pre")
             if layer == lm.n_layers - 1:
                 hooks.add(lm.layers[layer],
-                          lambda m, a, o, layer=layer: put("resid", layer + 1, take(_first(o))))
+                          lambda m, a, o, layer=layer: put("resid", layer + 1, take(first_output(o))))
         if capture.attn:
-            hooks.add(lm.sub(layer, arch.attn_update), lambda m, a, o, layer=layer: put("attn", layer, take(_first(o))))
+            hooks.add(lm.sub(layer, arch.attn_update), lambda m, a, o, layer=layer: put("attn", layer, take(first_output(o))))
         if capture.mlp:
-            hooks.add(lm.sub(layer, arch.mlp_update), lambda m, a, o, layer=layer: put("mlp", layer, take(_first(o))))
+            hooks.add(lm.sub(layer, arch.mlp_update), lambda m, a, o, layer=layer: put("mlp", layer, take(first_output(o))))
         if capture.heads:
             def heads(m, args, kwargs, layer=layer):
                 z = take(args[0])
