@@ -19,7 +19,6 @@ from utils.extraction import (
 from utils.interventions import Capture, PatchHidden, run
 
 N = 10
-WITH_VALUES = [a for a in ARCHITECTURES if a != "gptj"]  # GPT-J's attention exposes no values
 
 
 def _fact(ids, subject=(2, 3, 4), has_sink=False):
@@ -30,7 +29,7 @@ def _fact(ids, subject=(2, 3, 4), has_sink=False):
 def _clean(lm, ids, subject=(2, 3, 4)):
     fact = _fact(ids, subject)
     fact["pred_token_id"] = int(run(lm, ids).logits[0, -1].argmax())
-    return clean_run(lm, fact, attention=lm.arch.attention_interface)
+    return clean_run(lm, fact)
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -47,7 +46,7 @@ def test_head_shares_sum_to_the_attention_update(arch):
         assert all(shares[h].abs().max() > 1e-6 for h in range(lm.n_heads))
 
 
-@pytest.mark.parametrize("arch", WITH_VALUES)
+@pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_renormalising_with_nothing_blocked_gives_the_update(arch):
     lm, ids = tiny_model(arch), prompt(N)
     r = _clean(lm, ids)
@@ -64,7 +63,7 @@ def test_renormalising_with_nothing_blocked_gives_the_update(arch):
     assert official[:, :-1].std(-1).max() < renormalised[:, :-1].std(-1).max()
 
 
-@pytest.mark.parametrize("arch", ["llama", "gemma3_text", "gpt2"])
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text", "gpt2", "gptj"])
 def test_renormalised_blocking_equals_a_knockout_at_that_layer(arch):
     """Removing edges after the softmax and renormalising is what a pre-softmax knockout
     does: compare with the model run under BlockAttention at one layer."""
@@ -132,6 +131,8 @@ def _direct_value_output(lm, arch, layer, x):
         d = lm.config.hidden_size
         v = block.ln_1(x) @ block.attn.c_attn.weight[:, 2 * d:] + block.attn.c_attn.bias[2 * d:]
         w_o = block.attn.c_proj.weight.T  # Conv1D stores (in, out)
+    elif arch == "gptj":
+        v, w_o = block.attn.v_proj(block.ln_1(x)), block.attn.out_proj.weight
     else:
         v = block.self_attn.v_proj(block.input_layernorm(x))
         w_o = block.self_attn.o_proj.weight
@@ -143,7 +144,7 @@ def _direct_value_output(lm, arch, layer, x):
     return out
 
 
-@pytest.mark.parametrize("arch", ["llama", "gemma3_text", "gpt2"])
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text", "gpt2", "gptj"])
 def test_value_output_circuit_matches_the_weights(arch):
     lm = tiny_model(arch)
     x = torch.randn(7, lm.config.hidden_size, generator=torch.Generator().manual_seed(3))
@@ -236,12 +237,13 @@ def test_patching_rows_equal_patched_forward_passes(arch, seed):
         assert row["n_layers"] == int(events.sum()) and row["extracted"] == int(events.any())
 
 
-def test_extraction_rows_are_consistent():
+@pytest.mark.parametrize("arch, seed", [("gemma3_text", 3), ("gptj", 9)])  # prompts with attention events
+def test_extraction_rows_are_consistent(arch, seed):
     import pandas as pd
 
     from utils.extraction import extraction_rows
 
-    lm, ids = tiny_model("gemma3_text"), prompt(N, seed=3)
+    lm, ids = tiny_model(arch), prompt(N, seed=seed)
     fact = {**_fact(ids, subject=(5, 6, 7)), "pred_token_id": int(run(lm, ids).logits[0, -1].argmax())}
     rows = pd.DataFrame(extraction_rows(lm, fact, "paper", screen=False))
     r = clean_run(lm, fact)

@@ -209,8 +209,7 @@ class CleanRun:
 
 def clean_run(lm, fact, attention: bool = True) -> CleanRun:
     """The clean pass of ``fact`` (a known-set row); ``attention`` also keeps the attention
-    weights and values (models whose attention bypasses transformers' AttentionInterface,
-    such as GPT-J, cannot provide the values)."""
+    weights and values, which E6 and E9 rebuild attention updates from."""
     calls: dict[int, tuple] = {}
 
     def record(layer):

@@ -477,20 +477,26 @@ def _install_capture(lm, hooks: _Hooks, capture: Capture, store: dict):
 
             hooks.add(lm.sub(layer, arch.attn_out), heads, "pre")
         if capture.attn_weights or capture.values:
-            def record(weights, values, layer=layer):
-                if capture.attn_weights:
+            def record(weights=None, values=None, layer=layer):
+                if capture.attn_weights and weights is not None:
                     w = weights.detach()
                     put("attn_weights", layer, w if pos is None else w[:, :, list(pos)])
-                if capture.values:
+                if capture.values and values is not None:
                     put("values", layer, values.detach())
 
             if arch.attention_interface:
                 hooks.state(layer).record = record
-            elif capture.values:
-                raise NotImplementedError(f"capturing values is not supported for {lm.config.model_type}")
-            else:
-                hooks.add(lm.sub(layer, arch.attention),
-                          lambda m, a, o, record=record: record(weights=o[1], values=None))
+            elif capture.values and arch.value is None:
+                raise NotImplementedError(
+                    f"capturing values of {lm.config.model_type} needs its value projection in the registry")
+            else:  # the model's own eager attention returns its probabilities; values come from v_proj
+                if capture.attn_weights:
+                    hooks.add(lm.sub(layer, arch.attention), lambda m, a, o, record=record: record(weights=o[1]))
+                if capture.values:
+                    def split_heads(m, a, o, record=record):  # (B, n, H*hd) -> (B, H, n, hd)
+                        record(values=o.unflatten(-1, (lm.n_heads, -1)).transpose(1, 2))
+
+                    hooks.add(lm.sub(layer, arch.value), split_heads)
 
 
 def _stack(parts: dict[int, Tensor], batch: int) -> Tensor:

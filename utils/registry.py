@@ -40,6 +40,9 @@ class ArchSpec:
     attention_interface: bool = True
     """The attention module dispatches through transformers' ``AttentionInterface``.
     When False, attention knockout falls back to rewriting the mask with a pre-hook."""
+    value: str | None = None
+    """The value projection (all heads, unfused), for families without the attention
+    interface: their value vectors are read from its output instead."""
 
 
 _LLAMA_LIKE = dict(
@@ -82,6 +85,7 @@ REGISTRY: dict[str, ArchSpec] = {
         final_norm="transformer.ln_f",
         parallel_block=True,
         attention_interface=False,
+        value="attn.v_proj",
     ),
     "gpt_neox": ArchSpec(
         layers="gpt_neox.layers",
