@@ -257,3 +257,10 @@ def test_extraction_rows_are_consistent(arch, seed):
     assert (blocked[blocked.condition == "all"].value == 0).all()  # zero weights: the update is 0 (no bias)
     assert len(rows[rows.measure == "head"]) == lm.n_heads * len(extracting)
     assert len(rows[rows.measure == "subject_rank"]) == len(extracting)
+    # the official aggregation: blocking at one layer at a time, does any layer still extract?
+    any_layer = rows[rows.measure == "blocked_any"].set_index(["condition", "variant"]).value
+    assert len(any_layer) == 2 * 12 and (rows[rows.measure == "blocked_any"].layer == -1).all()
+    assert (any_layer.loc["none"] == 1).all() and (any_layer.loc["all"] == 0).all()
+    for (condition, variant), still in any_layer.items():
+        at_events = blocked[(blocked.condition == condition) & (blocked.variant == variant)].value
+        assert still >= at_events.max()  # an event that survives at its own layer is an event at some layer

@@ -28,7 +28,7 @@ from torch import Tensor
 from .interventions import Capture, PatchHidden, first_output, with_layer_input, run
 from .projection import project, token_ranks
 
-ROWS_VERSION = 2
+ROWS_VERSION = 3
 """Part of every sweep's parameters: bumped when a change to this module changes the rows
 it produces, so that a resumed sweep never mixes rows of two versions."""
 
@@ -415,6 +415,9 @@ def extraction_rows(lm, fact, mode: str = "paper", sink_in_non_subject: bool = F
 
     * "attn" / "mlp" (E5): 1 if that update at the last position ranks the prediction
       first; every layer, under both projections ("paper" and "logit_lens");
+    * "blocked_any" (E6 as the official code aggregates it), per blocked set ``condition``
+      and ``variant``, ``layer`` -1: 1 if, with those edges blocked at one layer at a time,
+      attention still extracts at some layer (any fact, extracting or not);
     * at each layer where attention extracts under ``mode``:
       "blocked" (E6), per blocked set ``condition`` and ``variant``: 1 if it still extracts;
       "subject_rank" (E8): the prediction's rank in the last-subject representation
@@ -431,10 +434,8 @@ def extraction_rows(lm, fact, mode: str = "paper", sink_in_non_subject: bool = F
                  for layer in range(lm.n_layers)]
         if projection == mode:
             layers = events[0].nonzero().flatten().tolist()
-    if not layers:
-        return rows
 
-    # E6: the extracting layers' updates recomputed with blocked edges
+    # E6: every layer's update recomputed with blocked edges, one layer at a time
     conditions = block_conditions(position_groups(fact, sink_in_non_subject), n)
     masks = torch.zeros(len(conditions), 1, n, dtype=torch.bool, device=r.weights.device)
     for i, blocked in enumerate(conditions.values()):
@@ -442,11 +443,15 @@ def extraction_rows(lm, fact, mode: str = "paper", sink_in_non_subject: bool = F
     blocked_updates = torch.stack([
         torch.stack([update_from_weights(lm, layer, reweight(r.weights[layer], masks, v), r.values[layer])
                      for v in VARIANTS])
-        for layer in layers])  # (layers, variants, conditions, d)
+        for layer in range(lm.n_layers)])  # (layers, variants, conditions, d)
+    still = ranked_first(lm, blocked_updates, target, mode, likely_top(lm, r.attn, mode), screen)
+    rows += [_row(key, mode, -1, "blocked_any", int(still[:, j, k].any()), condition=c, variant=v)
+             for j, v in enumerate(VARIANTS) for k, c in enumerate(conditions)]
+    if not layers:
+        return rows
+    rows += [_row(key, mode, layer, "blocked", int(still[layer, j, k]), condition=c, variant=v)
+             for layer in layers for j, v in enumerate(VARIANTS) for k, c in enumerate(conditions)]
     shortlist = likely_top(lm, r.attn[layers], mode)
-    still = ranked_first(lm, blocked_updates, target, mode, shortlist, screen)
-    rows += [_row(key, mode, layer, "blocked", int(still[i, j, k]), condition=c, variant=v)
-             for i, layer in enumerate(layers) for j, v in enumerate(VARIANTS) for k, c in enumerate(conditions)]
 
     # E8: the attribute's rank in the last-subject representation
     subject_last = position_groups(fact)["subject"][-1]
