@@ -1,4 +1,5 @@
 import json
+import time
 
 import pandas as pd
 import pytest
@@ -58,3 +59,16 @@ def test_cached_table_recomputes_when_parameters_change(lm):
 def test_outputs_go_where_the_environment_says(tmp_path, monkeypatch):
     monkeypatch.setenv("DISSECT_OUTPUT_ROOT", str(tmp_path))
     assert results.output_dir("figures", "EleutherAI/gpt-j-6b") == tmp_path / "figures" / "gpt-j-6b"
+
+
+def test_saving_a_figure_again_writes_the_same_bytes():
+    """Reruns with the same numbers leave the committed figures unchanged (no PDF date)."""
+    from utils.plotting import plt, save_figure
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1, 2], [1, 3, 2])
+    first = {p: p.read_bytes() for p in save_figure(fig, "tiny", "line")}
+    time.sleep(1.1)  # the PDF date has one-second resolution
+    second = {p: p.read_bytes() for p in save_figure(fig, "tiny", "line")}
+    plt.close(fig)
+    assert {p.suffix for p in first} == {".png", ".pdf"} and first == second

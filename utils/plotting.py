@@ -20,8 +20,8 @@ def save_figure(fig, model: str, name: str) -> list[Path]:
     """Save ``fig`` as ``figures/<model>/<name>.png`` and ``.pdf``; returns both paths."""
     folder = output_dir("figures", model)
     paths = [folder / f"{name}.png", folder / f"{name}.pdf"]
-    for path in paths:
-        fig.savefig(path, bbox_inches="tight", dpi=150)
+    for path in paths:  # a PDF without its creation date: a rerun with the same numbers writes the same bytes
+        fig.savefig(path, bbox_inches="tight", dpi=150, metadata={"CreationDate": None} if path.suffix == ".pdf" else None)
     return paths
 
 
