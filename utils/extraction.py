@@ -28,7 +28,7 @@ from torch import Tensor
 from .interventions import Capture, PatchHidden, first_output, with_layer_input, run
 from .projection import project, token_ranks
 
-ROWS_VERSION = 3
+ROWS_VERSION = 4
 """Part of every sweep's parameters: bumped when a change to this module changes the rows
 it produces, so that a resumed sweep never mixes rows of two versions."""
 
@@ -468,7 +468,8 @@ def extraction_rows(lm, fact, mode: str = "paper", sink_in_non_subject: bool = F
     return rows
 
 
-def _row(known_id, projection, layer, measure, value, condition="", variant="", head=-1) -> dict:
+def _row(known_id, projection, layer, measure, value, condition=None, variant=None, head=-1) -> dict:
+    """One tidy row; ``condition`` and ``variant`` are left empty where they do not apply."""
     return {"known_id": known_id, "projection": projection, "layer": layer, "measure": measure,
             "condition": condition, "variant": variant, "head": head, "value": value}
 
