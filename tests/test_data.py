@@ -98,6 +98,21 @@ def test_download_checks_sha256(tmp_path):
     assert not (tmp_path / "cache" / "g.json").exists() and not list((tmp_path / "cache").glob("*.part"))
 
 
+def test_a_failed_download_says_how_to_work_offline(tmp_path, monkeypatch):
+    import urllib.error
+    import urllib.request
+
+    def no_network(url, timeout):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.delenv(data.KNOWN_1000_ENV, raising=False)
+    monkeypatch.setenv("DISSECT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    with pytest.raises(ConnectionError, match=f"Name or service not known.*{data.KNOWN_1000_ENV}.*DATASET=small"):
+        data.known_1000_path()
+    assert not list((tmp_path / "cache").rglob("*.part"))
+
+
 def test_known_1000_path_rejects_a_wrong_file(tmp_path, monkeypatch):
     wrong = tmp_path / "known_1000.json"
     wrong.write_text("[]")

@@ -47,8 +47,12 @@ def download(url: str, dest: Path, sha256: str) -> Path:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_suffix(dest.suffix + ".part")
-    with urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as out:
-        out.write(response.read())
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as out:
+            out.write(response.read())
+    except OSError as err:  # no network, DNS, refused, timed out (URLError is an OSError)
+        part.unlink(missing_ok=True)
+        raise ConnectionError(f"Could not download {url} ({getattr(err, 'reason', err)}); nothing was kept.") from err
     if _sha256(part) != sha256:
         part.unlink()
         raise ValueError(f"Download of {url} failed its sha256 check (expected {sha256}); nothing was kept.")
@@ -69,7 +73,11 @@ def known_1000_path(path: str | Path | None = None) -> Path:
         return path
     from .models import cache_dir
 
-    return download(KNOWN_1000_URL, cache_dir() / "data" / "known_1000.json", KNOWN_1000_SHA256)
+    try:
+        return download(KNOWN_1000_URL, cache_dir() / "data" / "known_1000.json", KNOWN_1000_SHA256)
+    except ConnectionError as err:
+        raise ConnectionError(f"{err} Offline? Point ${KNOWN_1000_ENV} (make: KNOWN_1000=...) at a copy of "
+                              "known_1000.json, or use dataset='small' (make: DATASET=small).") from err
 
 
 def load_facts(source: str | Path = "known_1000", n_facts: int | None = None) -> pd.DataFrame:
