@@ -444,14 +444,14 @@ def extraction_rows(lm, fact, mode: str = "paper", sink_in_non_subject: bool = F
         torch.stack([update_from_weights(lm, layer, reweight(r.weights[layer], masks, v), r.values[layer])
                      for v in VARIANTS])
         for layer in range(lm.n_layers)])  # (layers, variants, conditions, d)
-    still = ranked_first(lm, blocked_updates, target, mode, likely_top(lm, r.attn, mode), screen)
+    shortlist = likely_top(lm, r.attn, mode)
+    still = ranked_first(lm, blocked_updates, target, mode, shortlist, screen)
     rows += [_row(key, mode, -1, "blocked_any", int(still[:, j, k].any()), condition=c, variant=v)
              for j, v in enumerate(VARIANTS) for k, c in enumerate(conditions)]
     if not layers:
         return rows
     rows += [_row(key, mode, layer, "blocked", int(still[layer, j, k]), condition=c, variant=v)
              for layer in layers for j, v in enumerate(VARIANTS) for k, c in enumerate(conditions)]
-    shortlist = likely_top(lm, r.attn[layers], mode)
 
     # E8: the attribute's rank in the last-subject representation
     subject_last = position_groups(fact)["subject"][-1]
