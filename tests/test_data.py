@@ -1,6 +1,7 @@
 import hashlib
 import json
 
+import pandas as pd
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
@@ -169,3 +170,10 @@ def test_subject_positions_agree_with_the_official_code_on_byte_level_bpe(smollm
         if ours != list(range(start, end)):
             disagree.append(fact.known_id)
     assert disagree == []
+
+
+def test_known_only_says_when_a_model_knows_nothing():
+    table = pd.DataFrame({"known_id": [0, 1, 2], "known": [False, True, False]})
+    assert data.known_only(table, "m").known_id.tolist() == [1]
+    with pytest.raises(data.NoKnownFacts, match="m knows none of the 2 facts evaluated"):
+        data.known_only(table.iloc[[0, 2]], "m")

@@ -104,3 +104,19 @@ def test_converted_cache_loads_fast_and_matches(smollm):
     from utils import run
 
     assert torch.equal(run(again, ids).logits, run(smollm, ids).logits)
+
+
+@pytest.mark.slow
+def test_a_model_folder_in_hub_format_loads_like_a_hub_id(smollm):
+    """The path a GPT-2 XL or Llama user takes (AutoConfig, the registry, the project's
+    attention, AutoTokenizer), here on a real model saved in Hugging Face format."""
+    from utils import run
+    from utils.models import convert_embedded
+    from utils.results import model_slug
+
+    folder = str(convert_embedded("smollm2-135m"))
+    lm = load_model(folder, device="cpu")
+    assert lm.model.config._attn_implementation == "dissect_sdpa" and lm.sink_token is None
+    assert model_slug(lm.name) == "smollm2-135m"
+    ids = torch.tensor([lm.encode("The Eiffel Tower is located in the city of")])
+    assert torch.equal(run(lm, ids).logits, run(smollm, ids).logits)

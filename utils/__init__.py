@@ -7,7 +7,7 @@ keeps its parts), ``interventions`` (knockouts, patching, capture), ``projection
 provenance, resumable sweeps) and ``plotting``.
 """
 
-from .data import build_known_set, known_set, load_facts, tokenize_facts
+from .data import build_known_set, known_only, known_set, load_facts, tokenize_facts
 from .interventions import BlockAttention, Capture, PatchHidden, ZeroSublayer, run, window
 from .models import EMBEDDED_MODELS, LoadedModel, load_model, wrap_model
 from .projection import decode_ids, project, token_ranks, top_tokens
@@ -16,7 +16,7 @@ from .results import cached_table, load_table, output_dir, save_table, sweep
 
 __all__ = [
     "BlockAttention", "Capture", "EMBEDDED_MODELS", "LoadedModel", "PatchHidden", "REGISTRY", "ZeroSublayer",
-    "arch_spec", "build_known_set", "cached_table", "decode_ids", "known_set", "load_facts", "load_model",
+    "arch_spec", "build_known_set", "cached_table", "decode_ids", "known_only", "known_set", "load_facts", "load_model",
     "load_table", "output_dir", "project", "run", "save_table", "sweep", "token_ranks", "tokenize_facts",
     "top_tokens", "window", "wrap_model",
 ]

@@ -208,11 +208,28 @@ def build_known_set(
     return table.sort_values("known_id", kind="stable").reset_index(drop=True)
 
 
+class NoKnownFacts(ValueError):
+    pass
+
+
+def known_only(table: pd.DataFrame, model: str) -> pd.DataFrame:
+    """The known facts of an evaluated table. The analyses measure how a model recalls
+    facts it knows; with none there is nothing to measure, which is said here rather than
+    left to fail deep inside a plot."""
+    known = table[table.known].reset_index(drop=True)
+    if known.empty:
+        raise NoKnownFacts(
+            f"{model} knows none of the {len(table)} facts evaluated (its top-1 next token is never the "
+            "attribute's first token), so there is nothing to analyse. Use more facts (n_facts=0), another "
+            "dataset, or a model that recalls facts; notebook 00 shows its predictions.")
+    return known
+
+
 def known_set(lm, dataset="known_1000", n_facts: int | None = None, prepend_sink: bool | None = None,
               batch_size: int = 32) -> pd.DataFrame:
     """The evaluated facts of ``lm`` (see :func:`build_known_set`), saved as
     ``results/<model>/facts_evaluated.csv`` and reused by every notebook with the same
-    parameters. Select the known set with ``table[table.known]``."""
+    parameters. :func:`known_only` selects the known facts."""
     from .results import cached_table
 
     params = {"dataset": str(dataset), "n_facts": n_facts or None, "prepend_sink": prepend_sink}

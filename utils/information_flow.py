@@ -179,7 +179,7 @@ def known_facts(lm, dataset="known_1000", n_facts: int | None = None, sink: str 
     ``results/<model>/facts_evaluated_sink.csv``); with ``"official"`` (or a tokenizer that
     adds a BOS anyway) it is notebook 00's known set.
     """
-    from .data import build_known_set, known_set, load_facts
+    from .data import build_known_set, known_only, known_set, load_facts
     from .results import cached_table
 
     if sink not in SINK_CHOICES:
@@ -191,7 +191,7 @@ def known_facts(lm, dataset="known_1000", n_facts: int | None = None, sink: str 
         params = {"dataset": str(dataset), "n_facts": n_facts or None, "prepend_sink": True}
         table = cached_table("facts_evaluated_sink", lm, params, lambda: build_known_set(
             lm, load_facts(dataset, n_facts or None), True, batch_size))
-    return table[table.known].reset_index(drop=True)
+    return known_only(table, lm.name)
 
 
 def mean_curves(table: pd.DataFrame) -> pd.DataFrame:
