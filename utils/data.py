@@ -228,10 +228,12 @@ def known_only(table: pd.DataFrame, model: str) -> pd.DataFrame:
 def known_set(lm, dataset="known_1000", n_facts: int | None = None, prepend_sink: bool | None = None,
               batch_size: int = 32) -> pd.DataFrame:
     """The evaluated facts of ``lm`` (see :func:`build_known_set`), saved as
-    ``results/<model>/facts_evaluated.csv`` and reused by every notebook with the same
-    parameters. :func:`known_only` selects the known facts."""
+    ``results/<model>/facts_evaluated.csv`` (``facts_evaluated_sink.csv`` with
+    ``prepend_sink=True``, which can change predictions) and reused by every notebook with
+    the same parameters. :func:`known_only` selects the known facts."""
     from .results import cached_table
 
     params = {"dataset": str(dataset), "n_facts": n_facts or None, "prepend_sink": prepend_sink}
-    return cached_table("facts_evaluated", lm, params,
+    name = "facts_evaluated_sink" if prepend_sink else "facts_evaluated"
+    return cached_table(name, lm, params,
                         lambda: build_known_set(lm, load_facts(dataset, n_facts or None), prepend_sink, batch_size))

@@ -179,18 +179,12 @@ def known_facts(lm, dataset="known_1000", n_facts: int | None = None, sink: str 
     ``results/<model>/facts_evaluated_sink.csv``); with ``"official"`` (or a tokenizer that
     adds a BOS anyway) it is notebook 00's known set.
     """
-    from .data import build_known_set, known_only, known_set, load_facts
-    from .results import cached_table
+    from .data import known_only, known_set
 
     if sink not in SINK_CHOICES:
         raise ValueError(f"sink must be one of {SINK_CHOICES}")
     adds_sink = lm.sink_token_id is not None and lm.encode("x")[0] == lm.sink_token_id
-    if sink == "official" or adds_sink:
-        table = known_set(lm, dataset, n_facts, None, batch_size)
-    else:
-        params = {"dataset": str(dataset), "n_facts": n_facts or None, "prepend_sink": True}
-        table = cached_table("facts_evaluated_sink", lm, params, lambda: build_known_set(
-            lm, load_facts(dataset, n_facts or None), True, batch_size))
+    table = known_set(lm, dataset, n_facts, None if sink == "official" or adds_sink else True, batch_size)
     return known_only(table, lm.name)
 
 
