@@ -15,7 +15,7 @@ VOCAB = (" Apple", " the", " iPhone", "ab", " banana", " The", "Apple", " Cupert
 
 
 def fake_lm():
-    return SimpleNamespace(tokenizer=SimpleNamespace(_dissect_vocab=VOCAB))
+    return SimpleNamespace(cache={"vocab": VOCAB})
 
 
 def test_attributes_rate_is_exact_string_overlap_over_the_kept_tokens():
@@ -72,7 +72,7 @@ def tiny_fact(lm, n=9):
 @pytest.fixture(params=["llama", "gemma3_text", "gpt2"])
 def tiny(request):
     lm = tiny_model(request.param)
-    lm.tokenizer = SimpleNamespace(_dissect_vocab=tuple(f" tok{i}" for i in range(lm.config.vocab_size)))
+    lm.cache["vocab"] = tuple(f" tok{i}" for i in range(lm.config.vocab_size))
     return lm
 
 

@@ -42,7 +42,7 @@ def test_last_position_run_equals_full_run(arch):
     fast = run_last_position(lm, ids, rows).logits
     torch.testing.assert_close(fast, full, atol=1e-5, rtol=1e-5)
     # a prefix is reusable across calls, and a one-row call matches too
-    prefix = clean_prefix(lm, ids) if lm.arch.attention_interface else ids
+    prefix = clean_prefix(lm, ids)
     chunked = torch.cat([run_last_position(lm, prefix, rows[i:i + 5]).logits for i in range(0, len(rows), 5)])
     torch.testing.assert_close(chunked, full, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(run_last_position(lm, prefix, rows[3:4]).logits, full[3:4], atol=1e-5, rtol=1e-5)

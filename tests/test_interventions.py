@@ -4,12 +4,12 @@ import pytest
 import torch
 from tiny_models import ARCHITECTURES, prompt, tiny_hf_model, tiny_model
 
+from utils.attention import merge_block_into_mask
 from utils.interventions import (
     BlockAttention,
     Capture,
     PatchHidden,
     ZeroSublayer,
-    merge_block_into_mask,
     run,
     window,
 )
@@ -18,30 +18,38 @@ N = 10
 BACKENDS = ["sdpa", "eager"]
 
 
-def _sliding_layers(config) -> set[int]:
+def _window(config, layer: int) -> int | None:
+    """The sliding window of a layer (None for global attention)."""
     types = getattr(config, "layer_types", None)
     if types is not None:
-        return {i for i, t in enumerate(types) if t == "sliding_attention"}
-    return set(range(config.num_hidden_layers)) if getattr(config, "sliding_window", None) else set()
+        return config.sliding_window if types[layer] == "sliding_attention" else None
+    if getattr(config, "attention_layers", None):  # GPT-Neo's local layers
+        return config.window_size if config.attention_layers[layer] == "local" else None
+    return getattr(config, "sliding_window", None)
+
+
+def _sliding_layers(config) -> set[int]:
+    return {i for i in range(config.num_hidden_layers) if _window(config, i)}
 
 
 def reference_knockout_logits(arch, ids, layers, queries, keys, dtype=torch.float32):
     """The straightforward reference: eager attention with a hand-built additive mask
     (causal, sliding window where the layer has one, blocked edges at -inf) injected into
     the chosen layers' attention modules, as the official code does for GPT-2."""
+    from utils.registry import arch_spec
+
     model = tiny_hf_model(arch, "eager", dtype)
     n = ids.shape[1]
     i, j = torch.arange(n)[:, None], torch.arange(n)[None, :]
     config = model.config
     sliding = _sliding_layers(config)
     handles = []
-    attn_path = {"gpt2": "attn", "gptj": "attn", "gpt_neox": "attention"}.get(arch, "self_attn")
-    layer_list = model.get_submodule({"gpt2": "transformer.h", "gptj": "transformer.h",
-                                      "gpt_neox": "gpt_neox.layers"}.get(arch, "model.layers"))
+    spec = arch_spec(config)
+    attn_path, layer_list = spec.attention, model.get_submodule(spec.layers)
     for layer in layers:
         allowed = j <= i
         if layer in sliding:
-            allowed &= (i - j) < config.sliding_window
+            allowed &= (i - j) < _window(config, layer)
         blocked = torch.zeros(n, n, dtype=torch.bool)
         blocked[torch.tensor(queries)[:, None], torch.tensor(keys)[None, :]] = True
         mask = torch.zeros(n, n, dtype=dtype).masked_fill(~(allowed & ~blocked), torch.finfo(dtype).min)
@@ -117,7 +125,8 @@ def test_batch_of_interventions_equals_one_by_one(arch):
         [BlockAttention(window(1, 3, lm.n_layers), [N - 1], [3, 4])],
         [BlockAttention([2], [N - 1], [0, 5]), ZeroSublayer("mlp", [1])],
         [ZeroSublayer("attn", [0, 1], positions=[4, 9])],
-        [ZeroSublayer("mlp", [2], variant="official"), ZeroSublayer("attn", [3], variant="official")],
+        [ZeroSublayer("mlp", [2], variant="official" if lm.arch.mlp_out else "zero"),
+         ZeroSublayer("attn", [3], variant="official" if "ALiBi" not in lm.arch.notes else "zero")],
         [PatchHidden(2, [3, 4], clean.acts["resid"][0, 0])],
     ]
     batched = run(lm, ids, rows).logits
@@ -167,9 +176,13 @@ def test_zeroing_at_chosen_positions_only(arch):
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_official_mlp_knockout_keeps_output_bias(arch):
     lm, ids = tiny_model(arch), prompt(N)
+    if lm.arch.mlp_out is None:  # a mixture of experts has no single output projection: refused
+        with pytest.raises(NotImplementedError, match="mlp_out"):
+            run(lm, ids, [[ZeroSublayer("mlp", [2], variant="official")]])
+        return
     out = run(lm, ids, [[ZeroSublayer("mlp", [2], variant="official")]], capture=Capture(mlp=True)).acts["mlp"]
-    bias = lm.sub(2, lm.arch.mlp_out).bias
-    expected = torch.zeros_like(out[0, 2]) if bias is None or lm.arch.mlp_update != lm.arch.mlp else bias.expand_as(out[0, 2])
+    bias = lm.sub(2, lm.arch.mlp_out).bias  # no family with a norm after its MLP has an output bias
+    expected = torch.zeros_like(out[0, 2]) if bias is None else bias.expand_as(out[0, 2])
     torch.testing.assert_close(out[0, 2], expected, atol=1e-6, rtol=0)
 
 
@@ -177,11 +190,15 @@ def test_official_mlp_knockout_keeps_output_bias(arch):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_official_attention_knockout_is_uniform_attention(arch, backend):
     lm, ids = tiny_model(arch, backend), prompt(N)
+    if lm.arch.query is None and lm.attention_backend.name == "mask-hook":  # refused where zeroed queries are not uniform
+        with pytest.raises(NotImplementedError, match="ALiBi"):
+            run(lm, ids, [[ZeroSublayer("attn", [1], variant="official")]])
+        return
     out = run(lm, ids, [[ZeroSublayer("attn", [1], variant="official")]], capture=Capture(attn_weights=True))
     weights = out.acts["attn_weights"][0, 1]  # (H, n_query, n_key)
     visible = torch.ones(N, N).tril()
     if 1 in _sliding_layers(lm.config):
-        visible = visible.triu(-(lm.config.sliding_window - 1))
+        visible = visible.triu(-(_window(lm.config, 1) - 1))
     expected = visible / visible.sum(-1, keepdim=True)
     torch.testing.assert_close(weights, expected.expand_as(weights), atol=1e-5, rtol=1e-5)
 
@@ -210,7 +227,7 @@ def test_capture_shapes_and_per_head_outputs(arch):
     assert acts["attn_weights"].shape == (1, L, H, 1, N)
     torch.testing.assert_close(acts["attn_weights"].sum(-1), torch.ones(1, L, H, 1), atol=1e-5, rtol=0)
     # the output projection of the concatenated heads is the attention module's output
-    if lm.arch.attn_update == lm.arch.attention:
+    if lm.arch.attn_post_norm is None:
         out_proj = lm.sub(0, lm.arch.attn_out)
         torch.testing.assert_close(out_proj(acts["heads"][0, 0].flatten(-2)), acts["attn"][0, 0], atol=1e-5, rtol=1e-5)
 
@@ -230,21 +247,23 @@ def test_blocking_every_key_of_a_query_is_refused():
         run(lm, ids, [[BlockAttention([1], [N - 1], range(N))]])
     with pytest.raises(ValueError, match="every key"):  # position 0 sees only itself
         run(lm, ids, [[BlockAttention([1], [0], [0])]])
-    lm_j = tiny_model("gptj")  # the pre-hook fallback refuses it too
+    lm_neo = tiny_model("gpt_neo")  # the mask-hook back-end refuses it too
+    assert lm_neo.attention_backend.name == "mask-hook"
     with pytest.raises(ValueError, match="every key"):
-        run(lm_j, ids, [[BlockAttention([1], [N - 1], range(N))]])
+        run(lm_neo, ids, [[BlockAttention([1], [N - 1], range(N))]])
 
 
 def test_merge_keeps_mask_kinds():
     blocked = torch.zeros(2, 4, 4, dtype=torch.bool)
     blocked[1, 3, 1] = True
     causal = torch.ones(4, 4, dtype=torch.bool).tril()[None, None]
-    merged_none = merge_block_into_mask(None, blocked, 4, 4)
-    merged_bool = merge_block_into_mask(causal, blocked, 4, 4)
+    merged_none, emptied = merge_block_into_mask(None, blocked, 4, 4)
+    merged_bool, _ = merge_block_into_mask(causal, blocked, 4, 4)
+    assert not emptied.any()
     assert merged_none.dtype == torch.bool and torch.equal(merged_none, merged_bool)
     assert merged_bool.shape == (2, 1, 4, 4) and not merged_bool[1, 0, 3, 1] and merged_bool[0, 0, 3, 1]
     additive = torch.zeros(1, 1, 4, 4).masked_fill(~causal, torch.finfo(torch.float32).min)
-    merged_add = merge_block_into_mask(additive, blocked, 4, 4)
+    merged_add, _ = merge_block_into_mask(additive, blocked, 4, 4)
     assert merged_add.dtype == torch.float32
     assert torch.equal(merged_add > -1, merged_bool)
 

@@ -12,9 +12,9 @@ def test_registry_paths_exist_in_every_supported_architecture(arch):
     lm = tiny_model(arch)
     spec = lm.arch
     for layer in (0, lm.n_layers - 1):
-        for path in (spec.attention, spec.attn_update, spec.attn_out, spec.query, spec.mlp, spec.mlp_update,
-                     spec.mlp_out):
-            assert lm.sub(layer, path) is not None
+        for path in (spec.attention, spec.attn_update, spec.attn_out, spec.query, spec.value, spec.mlp_update,
+                     spec.mlp_out, spec.attn_post_norm):
+            assert path is None or lm.sub(layer, path) is not None
     assert lm.final_norm is not None and lm.n_layers == lm.config.num_hidden_layers
 
 
@@ -24,10 +24,12 @@ def test_supported_families():
 
 def test_unknown_architecture_says_what_to_add():
     class Config:
-        model_type = "falcon"
+        model_type = "mamba"
 
-    with pytest.raises(NotImplementedError, match="Add an ArchSpec entry keyed 'falcon'"):
+    with pytest.raises(NotImplementedError, match="Add an ArchSpec entry keyed 'mamba'") as err:
         arch_spec(Config())
+    for field in ("attn_update", "mlp_update", "attn_out", "final_norm"):  # the fields that decide correctness
+        assert f"  {field}: " in str(err.value)
 
 
 def test_unknown_model_name_lists_the_names_that_exist():

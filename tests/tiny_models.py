@@ -35,19 +35,60 @@ def _configs() -> dict:
             num_hidden_layers=6, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
             head_dim=16, intermediate_size=128, max_position_embeddings=64, sliding_window=4,
             query_pre_attn_scalar=16, **COMMON),
+        # the families added to the registry this round (issue 13), each with its quirk
+        "gpt_neo": transformers.GPTNeoConfig(  # local attention layers, its own attention class
+            num_layers=4, hidden_size=64, num_heads=4, attention_types=[[["global", "local"], 2]], window_size=4,
+            max_position_embeddings=64, **COMMON),
+        "phi": transformers.PhiConfig(  # parallel block, partial rotary, biased head
+            num_hidden_layers=4, hidden_size=64, num_attention_heads=4, intermediate_size=128,
+            partial_rotary_factor=0.5, max_position_embeddings=64, **COMMON),
+        "phi3": transformers.Phi3Config(  # fused qkv and gate_up projections
+            num_hidden_layers=4, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
+            max_position_embeddings=64, **COMMON),
+        "qwen3": transformers.Qwen3Config(  # per-head q/k norms
+            num_hidden_layers=4, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+            intermediate_size=128, max_position_embeddings=64, **COMMON),
+        "olmo2": transformers.Olmo2Config(  # norms after the sublayers
+            num_hidden_layers=4, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
+            max_position_embeddings=64, **COMMON),
+        "gemma2": transformers.Gemma2Config(  # attention and final logit soft-capping, sliding windows, eager only
+            num_hidden_layers=4, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+            intermediate_size=128, max_position_embeddings=64, sliding_window=4, query_pre_attn_scalar=16,
+            **COMMON),
+        "falcon": transformers.FalconConfig(  # multi-query, parallel, adds attention into the MLP output in place
+            num_hidden_layers=4, hidden_size=64, num_attention_heads=4, max_position_embeddings=64, **COMMON),
+        "bloom": transformers.BloomConfig(  # ALiBi; attention and MLP add the residual inside their modules
+            n_layer=4, hidden_size=64, n_head=4, **COMMON),
+        "opt": transformers.OPTConfig(  # the MLP runs on flattened (B * n, d) tensors in the decoder layer
+            num_hidden_layers=4, hidden_size=64, num_attention_heads=4, ffn_dim=128, word_embed_proj_dim=64,
+            max_position_embeddings=64, **COMMON),
+        "starcoder2": transformers.Starcoder2Config(  # sliding window, plain (ungated) MLP with biases
+            num_hidden_layers=4, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
+            max_position_embeddings=64, sliding_window=4, **COMMON),
+        "mixtral": transformers.MixtralConfig(  # a mixture-of-experts block is the MLP update
+            num_hidden_layers=4, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
+            num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=64, **COMMON),
+        "cohere": transformers.CohereConfig(  # parallel block with one norm, scaled logits
+            num_hidden_layers=4, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
+            max_position_embeddings=64, logit_scale=0.5, **COMMON),
     }
 
 
 ARCHITECTURES = list(_configs())
+ORIGINAL = ARCHITECTURES[:7]
+"""The seven families supported before this round; the rest were added with the model check."""
 
 
 def tiny_hf_model(arch: str, attn_implementation: str = "sdpa", dtype=torch.float32, seed: int = 0):
     config = _configs()[arch]
     if arch == "gptj":  # GPT-J has only its own eager attention (no AttentionInterface)
         attn_implementation = "eager"
-    config._attn_implementation = attn_implementation
     torch.manual_seed(seed)
-    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
+    try:
+        model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
+    except ValueError:  # families transformers runs with eager attention only (Bloom, GPT-Neo, Gemma 2)
+        torch.manual_seed(seed)
+        model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
     return model.to(dtype).eval().requires_grad_(False)
 
 

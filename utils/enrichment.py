@@ -25,8 +25,8 @@ import torch
 from torch import Tensor
 
 from .attributes import keep_predicted_token
-from .interventions import Capture, ZeroSublayer, first_output, first_layer, intervene, run
-from .projection import project, token_ranks, vocabulary
+from .interventions import Capture, ZeroSublayer, first_layer, intervene, run
+from .projection import module_weights, project, token_ranks, vocabulary
 from .results import sweep
 
 POSITIONS = ("input first", "subject first", "subject last", "subject subseq.", "input last")
@@ -47,12 +47,26 @@ def positions_of(fact) -> dict[str, int]:
     }
 
 
+def keep_mask(lm) -> Tensor:
+    """Which tokens of the vocabulary the official filter keeps (computed once per model)."""
+    if "keep_predicted" not in lm.cache:
+        lm.cache["keep_predicted"] = torch.tensor([keep_predicted_token(t) for t in vocabulary(lm)])
+    return lm.cache["keep_predicted"]
+
+
 def clean_top_tokens(lm, scores: Tensor, top_k: int = 500, kept: int = 50) -> list[list[str]]:
     """For each row of vocabulary scores: the top ``top_k`` tokens, filtered as the official
-    code does, first ``kept`` of them."""
+    code does, first ``kept`` of them (the filter applied to all rows at once)."""
     vocab = vocabulary(lm)
-    ids = scores.topk(top_k, dim=-1).indices.tolist()
-    return [[t for t in (vocab[i] for i in row) if keep_predicted_token(t)][:kept] for row in ids]
+    ids = scores.topk(top_k, dim=-1).indices.cpu()
+    keep = keep_mask(lm)[ids]
+    chosen = keep & (keep.cumsum(-1) <= kept)
+    flat, counts = ids[chosen].tolist(), chosen.sum(-1).tolist()
+    out, start = [], 0
+    for count in counts:
+        out.append([vocab[i] for i in flat[start:start + count]])
+        start += count
+    return out
 
 
 def attributes_rate(tokens: list[str], attributes: frozenset[str] | None) -> float:
@@ -134,7 +148,8 @@ def enrichment_rows(lm, fact: dict, attributes: frozenset[str] | None, top_k: in
     out = run(lm, fact["input_ids"], capture=Capture(positions=list(positions.values()), resid=True))
     hidden = out.acts["resid"][0, : lm.n_layers]  # (L, P, d): entering each layer
     static_ids = fact["static_ids"] if "static_ids" in fact else static_subject_ids(lm, fact)
-    static = lm.model.get_input_embeddings().weight[static_ids].mean(0)  # the baseline's vector
+    with module_weights(lm.model.get_input_embeddings()) as (weight, _):
+        static = weight[torch.tensor(static_ids, device=weight.device)].mean(0)  # the baseline's vector
     vectors = torch.cat([hidden.flatten(0, 1), static[None].to(hidden.device)])
     scores = project(lm, vectors, mode)
     tokens = clean_top_tokens(lm, scores, top_k, kept)
@@ -156,10 +171,6 @@ def enrichment_rows(lm, fact: dict, attributes: frozenset[str] | None, top_k: in
 # E4: sublayer knockouts
 
 
-class _Stop(Exception):
-    """Ends a forward pass once the representation layer has run."""
-
-
 @torch.no_grad()
 def hidden_after(lm, input_ids, rows, layer: int, position: int) -> Tensor:
     """``hidden_states[layer + 1]`` (the output of block ``layer``) at ``position`` for every
@@ -169,17 +180,10 @@ def hidden_after(lm, input_ids, rows, layer: int, position: int) -> Tensor:
     starts = [first_layer(r) for r in rows]
     expand_at = 0 if None in starts else min(starts)
     captured = {}
-
-    def stop(module, args, output):
-        captured["h"] = first_output(output)[:, position].detach()
-        raise _Stop
-
     with intervene(lm, rows, ids.shape[1], expand_at=expand_at) as hooks:
-        hooks.add(lm.layers[layer], stop)
-        try:
-            lm.model(input_ids=ids.to(lm.device), use_cache=False)
-        except _Stop:
-            pass
+        hooks.read_output(lm.layers[layer], lambda h: captured.__setitem__("h", h[:, position]))
+        hooks.stop_after(lm.layers[layer])
+        hooks.forward(input_ids=ids.to(lm.device), use_cache=False)
     return captured["h"]
 
 

@@ -25,8 +25,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .interventions import Capture, PatchHidden, first_output, with_layer_input, run
-from .projection import project, token_ranks
+from .hooks import Hooks, execution_device, with_layer_input
+from .interventions import Capture, PatchHidden, run
+from .projection import module_weights, normed, project, token_ranks
 
 ROWS_VERSION = 4
 """Part of every sweep's parameters: bumped when a change to this module changes the rows
@@ -56,30 +57,27 @@ def _bf16_is_fast(device_type: str) -> bool:
     return best(a.bfloat16(), b.bfloat16()) < 0.6 * best(a, b)
 
 
-def _unembedding_bf16(lm) -> tuple[Tensor, float]:
-    """The unembedding in bf16 and its largest row norm, kept on ``lm`` while the weights
-    are unchanged."""
-    weight = lm.unembedding.weight
+def _unembedding_bf16(lm, weight: Tensor) -> tuple[Tensor, float]:
+    """The unembedding in bf16 and its largest row norm, kept in ``lm.cache`` while the
+    weights are unchanged."""
     stamp = (weight.data_ptr(), weight._version)
-    cached = getattr(lm, "_dissect_bf16", None)
+    cached = lm.cache.get("unembedding_bf16")
     if cached is None or cached[0] != stamp:
         cached = (stamp, weight.detach().bfloat16(), float(weight.detach().float().norm(dim=-1).max()))
-        lm._dissect_bf16 = cached
+        lm.cache["unembedding_bf16"] = cached
     return cached[1], cached[2]
 
 
-def readout(lm, vectors: Tensor, mode: str = "paper") -> tuple[Tensor, Tensor | None]:
+def readout(lm, vectors: Tensor, mode: str, bias: Tensor | None) -> tuple[Tensor, Tensor | None]:
     """The vectors the vocabulary scores are a linear function of, and the output bias:
     ``"paper"`` scores ``E v`` (no final norm, as the official code); ``"logit_lens"``
-    scores the model's own head on ``final_norm(v)`` (its final soft-capping, if any, is
-    monotone and changes no ranking)."""
+    scores the model's own head on ``final_norm(v)`` (its final soft-capping or logit
+    scale, if any, is monotone and changes no ranking). ``bias`` is the head's own."""
     if mode == "paper":
         return vectors.float(), None
     if mode != "logit_lens":
         raise ValueError("mode must be 'paper' or 'logit_lens'")
-    head = lm.unembedding
-    normed = lm.final_norm(vectors.to(head.weight.device, lm.dtype)).float()
-    return normed, None if head.bias is None else head.bias.float()
+    return normed(lm, vectors).float(), None if bias is None else bias.float()
 
 
 @torch.no_grad()
@@ -97,8 +95,14 @@ def ranked_first(lm, vectors: Tensor, targets, mode: str = "paper", shortlist=No
     whose bf16 score could be within the proven error bound of the target's is scored again
     in float32. Every answer is the float32 one. ``screen=None`` screens where bf16 is fast.
     """
-    weight = lm.unembedding.weight
-    x, bias = readout(lm, vectors.to(weight.device), mode)
+    with module_weights(lm.unembedding) as (weight, head_bias):
+        return _ranked_first(lm, weight, head_bias, vectors, targets, mode, shortlist, screen, chunk)
+
+
+def _ranked_first(lm, weight, head_bias, vectors, targets, mode, shortlist, screen, chunk) -> Tensor:
+    x, bias = readout(lm, vectors, mode, head_bias)
+    x = x.to(weight.device)
+    bias = None if bias is None else bias.to(weight.device)
     targets = torch.as_tensor(targets, device=weight.device).expand(x.shape[:-1]).reshape(-1)
     flat = x.reshape(-1, x.shape[-1])
     out = torch.zeros(len(flat), dtype=torch.bool, device=weight.device)
@@ -115,7 +119,7 @@ def ranked_first(lm, vectors: Tensor, targets, mode: str = "paper", shortlist=No
     test = _first_screened if screen else _first_exact
     for start in range(0, len(todo), chunk):
         rows = todo[start:start + chunk]
-        out[rows] = test(lm, flat[rows], targets[rows], bias)
+        out[rows] = test(lm, weight, flat[rows], targets[rows], bias)
     return out.view(x.shape[:-1])
 
 
@@ -123,27 +127,28 @@ def ranked_first(lm, vectors: Tensor, targets, mode: str = "paper", shortlist=No
 def likely_top(lm, vectors: Tensor, mode: str = "paper", k: int = 64) -> Tensor:
     """The ``k`` top tokens of each vector's projection, approximately (from bf16 scores where
     bf16 is fast): a shortlist for :func:`ranked_first`, whose answers never depend on it."""
-    x, bias = readout(lm, vectors.to(lm.unembedding.weight.device), mode)
-    if _bf16_is_fast(x.device.type):
-        scores = x.bfloat16() @ _unembedding_bf16(lm)[0].T
-    else:
-        scores = x @ lm.unembedding.weight.float().T
-    if bias is not None:
-        scores = scores.float() + bias
-    return scores.topk(k, dim=-1).indices.flatten().unique()
+    with module_weights(lm.unembedding) as (weight, head_bias):
+        x, bias = readout(lm, vectors, mode, head_bias)
+        x = x.to(weight.device)
+        if _bf16_is_fast(x.device.type):
+            scores = x.bfloat16() @ _unembedding_bf16(lm, weight)[0].T
+        else:
+            scores = x @ weight.float().T
+        if bias is not None:
+            scores = scores.float() + bias.to(scores.device)
+        return scores.topk(k, dim=-1).indices.flatten().unique()
 
 
-def _first_exact(lm, v: Tensor, t: Tensor, bias) -> Tensor:
-    scores = v @ lm.unembedding.weight.float().T
+def _first_exact(lm, weight: Tensor, v: Tensor, t: Tensor, bias) -> Tensor:
+    scores = v @ weight.float().T
     if bias is not None:
         scores = scores + bias
     target = scores.gather(-1, t[:, None])
     return (scores.scatter(-1, t[:, None], float("-inf")) < target).all(-1) & (v.norm(dim=-1) > 0)
 
 
-def _first_screened(lm, v: Tensor, t: Tensor, bias) -> Tensor:
-    weight = lm.unembedding.weight
-    half, max_norm = _unembedding_bf16(lm)
+def _first_screened(lm, weight: Tensor, v: Tensor, t: Tensor, bias) -> Tensor:
+    half, max_norm = _unembedding_bf16(lm, weight)
     target = (v * weight[t].float()).sum(-1)
     approx = v.bfloat16() @ half.T  # (N, V)
     if bias is not None:
@@ -158,7 +163,7 @@ def _first_screened(lm, v: Tensor, t: Tensor, bias) -> Tensor:
     rows, tokens = candidate.nonzero(as_tuple=True)
     wide = torch.bincount(rows, minlength=len(t)) > 4096  # near-ties everywhere: score those rows in full
     if wide.any():
-        beaten[wide] = ~_first_exact(lm, v[wide], t[wide], bias)
+        beaten[wide] = ~_first_exact(lm, weight, v[wide], t[wide], bias)
         rows, tokens = rows[~wide[rows]], tokens[~wide[rows]]
     exact = (v[rows] * weight[tokens].float()).sum(-1)
     if bias is not None:
@@ -210,20 +215,8 @@ class CleanRun:
 def clean_run(lm, fact, attention: bool = True) -> CleanRun:
     """The clean pass of ``fact`` (a known-set row); ``attention`` also keeps the attention
     weights and values, which E6 and E9 rebuild attention updates from."""
-    calls: dict[int, tuple] = {}
-
-    def record(layer):
-        def hook(module, args, kwargs):
-            calls[layer] = (args, kwargs)
-        return hook
-
-    handles = [layer.register_forward_pre_hook(record(i), with_kwargs=True) for i, layer in enumerate(lm.layers)]
-    try:
-        out = run(lm, fact["input_ids"], capture=Capture(resid=True, attn=True, mlp=True, heads=True,
-                                                         attn_weights=attention, values=attention))
-    finally:
-        for h in handles:
-            h.remove()
+    out = run(lm, fact["input_ids"], capture=Capture(resid=True, attn=True, mlp=True, heads=True,
+                                                     attn_weights=attention, values=attention, calls=True))
     a = out.acts
     predicted = int(out.logits[0, -1].argmax())
     if predicted != int(fact["pred_token_id"]):
@@ -232,7 +225,7 @@ def clean_run(lm, fact, attention: bool = True) -> CleanRun:
     return CleanRun(fact=fact, resid=a["resid"][0], attn=a["attn"][0, :, -1], mlp=a["mlp"][0, :, -1],
                     heads=a["heads"][0, :, -1].flatten(-2),
                     weights=a["attn_weights"][0, :, :, -1] if attention else None,
-                    values=a["values"][0] if attention else None, calls=[calls[i] for i in range(lm.n_layers)])
+                    values=a["values"][0] if attention else None, calls=[out.calls[i] for i in range(lm.n_layers)])
 
 
 # --------------------------------------------------------------------------------------
@@ -241,15 +234,20 @@ def clean_run(lm, fact, attention: bool = True) -> CleanRun:
 
 def _post_norm(lm, layer):
     """The norm applied to the attention output before it joins the residual (Gemma), or None."""
-    return None if lm.arch.attn_update == lm.arch.attention else lm.sub(layer, lm.arch.attn_update)
+    return None if lm.arch.attn_post_norm is None else lm.sub(layer, lm.arch.attn_post_norm)
+
+
+def _call(lm, module, x: Tensor) -> Tensor:
+    """``module(x)`` with ``x`` where the module computes, in the model's dtype."""
+    return module(x.to(execution_device(module), lm.dtype))
 
 
 def update_from_heads(lm, layer: int, z: Tensor) -> Tensor:
     """The attention update for per-head outputs ``z`` (..., H * head_dim): the output
     projection, then the post-attention norm where the model has one."""
-    out = lm.sub(layer, lm.arch.attn_out)(z.to(lm.dtype))
+    out = _call(lm, lm.sub(layer, lm.arch.attn_out), z)
     norm = _post_norm(lm, layer)
-    return (norm(out) if norm is not None else out).float()
+    return (_call(lm, norm, out) if norm is not None else out).float()
 
 
 def update_from_weights(lm, layer: int, weights: Tensor, values: Tensor) -> Tensor:
@@ -272,7 +270,7 @@ def head_contributions(lm, layer: int, z: Tensor) -> tuple[Tensor, Tensor]:
     up to the update.
     """
     proj = lm.sub(layer, lm.arch.attn_out)
-    z = z.to(lm.dtype)
+    z = z.to(execution_device(proj), lm.dtype)
     heads = z.unflatten(-1, (lm.n_heads, -1))
     alone = heads[..., None, :, :] * torch.eye(lm.n_heads, dtype=z.dtype, device=z.device)[:, :, None]
     bias = proj(torch.zeros_like(z)).float()
@@ -280,7 +278,7 @@ def head_contributions(lm, layer: int, z: Tensor) -> tuple[Tensor, Tensor]:
     norm = _post_norm(lm, layer)
     if norm is not None:
         out = proj(z)
-        gain = torch.where(out != 0, norm(out).float() / out.float(), 0.0)
+        gain = torch.where(out != 0, _call(lm, norm, out).float().to(out.device) / out.float(), 0.0)
         shares, bias = shares * gain[..., None, :], bias * gain
     return shares, bias
 
@@ -344,30 +342,22 @@ VARIANTS = ("official", "renormalised")
 # E7: one layer run again on patched inputs
 
 
-class _Stop(Exception):
-    pass
-
-
 def attention_update_again(lm, r: CleanRun, layer: int, hidden: Tensor) -> Tensor:
     """The attention update at the last position when layer ``layer`` receives ``hidden``
     (B, n, d) instead of its clean input: the layer alone is called again with the
     arguments the model gave it in the clean pass, and stopped once the update is known,
     so a patch at layer l costs one attention sublayer, not a forward pass."""
+    if not lm.attention_backend.prefix_cache and hidden.shape[0] > 1:
+        # such families build batch-shaped inputs of their layers once per pass (Bloom's ALiBi): one row at a time
+        return torch.cat([attention_update_again(lm, r, layer, h[None]) for h in hidden])
     args, kwargs = r.calls[layer]
-    args, kwargs = with_layer_input(args, kwargs, hidden.to(lm.dtype))
+    block, update = lm.layers[layer], lm.sub(layer, lm.arch.attn_update)
+    args, kwargs = with_layer_input(args, kwargs, hidden.to(execution_device(block), lm.dtype))
     found = {}
-
-    def grab(module, inputs, output):
-        found["update"] = first_output(output)[:, -1].float()
-        raise _Stop
-
-    handle = lm.sub(layer, lm.arch.attn_update).register_forward_hook(grab)
-    try:
-        lm.layers[layer](*args, **kwargs)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
+    with Hooks(lm, hidden.shape[1]) as hooks:
+        hooks.read_output(update, lambda x: found.__setitem__("update", x[:, -1].float()))
+        hooks.stop_after(update)
+        hooks.call(block, *args, **kwargs)
     return found["update"]
 
 
@@ -398,8 +388,9 @@ def patching_rows(lm, fact, sources, mode: str = "paper", sink_in_non_subject: b
             batch[i, groups[group]] = r.resid[source, groups[group]]
         updates.append(attention_update_again(lm, r, layer, batch))
     events = ranked_first(lm, torch.stack(updates), r.target, mode, likely_top(lm, r.attn, mode), screen)
+    found, counts = events.any(0).tolist(), events.sum(0).tolist()  # one transfer to the host
     return [{"known_id": fact["known_id"], "positions": group, "source_layer": source,
-             "extracted": int(events[:, i].any()), "n_layers": int(events[:, i].sum()),
+             "extracted": int(found[i]), "n_layers": int(counts[i]),
              "n_positions": len(groups[group])}
             for i, (group, source) in enumerate(conditions)]
 
@@ -429,41 +420,43 @@ def extraction_rows(lm, fact, mode: str = "paper", sink_in_non_subject: bool = F
     target, n, key = r.target, int(fact["n_tokens"]), fact["known_id"]
     rows, layers = [], []
     for projection in ("paper", "logit_lens"):
-        events = ranked_first(lm, torch.stack([r.attn, r.mlp]), target, projection, screen=screen)  # (2, L)
-        rows += [_row(key, projection, layer, sub, int(events[i, layer])) for i, sub in enumerate(("attn", "mlp"))
+        events = ranked_first(lm, torch.stack([r.attn, r.mlp]), target, projection, screen=screen).tolist()  # (2, L)
+        rows += [_row(key, projection, layer, sub, int(events[i][layer])) for i, sub in enumerate(("attn", "mlp"))
                  for layer in range(lm.n_layers)]
         if projection == mode:
-            layers = events[0].nonzero().flatten().tolist()
+            layers = [layer for layer, event in enumerate(events[0]) if event]
 
     # E6: every layer's update recomputed with blocked edges, one layer at a time
     conditions = block_conditions(position_groups(fact, sink_in_non_subject), n)
-    masks = torch.zeros(len(conditions), 1, n, dtype=torch.bool, device=r.weights.device)
-    for i, blocked in enumerate(conditions.values()):
-        masks[i, 0, blocked] = True
+    flat = [i * n + p for i, blocked in enumerate(conditions.values()) for p in blocked]
+    masks = torch.zeros(len(conditions) * n, dtype=torch.bool)
+    masks[flat] = True
+    masks = masks.view(len(conditions), 1, n).to(r.weights.device)
     blocked_updates = torch.stack([
         torch.stack([update_from_weights(lm, layer, reweight(r.weights[layer], masks, v), r.values[layer])
                      for v in VARIANTS])
         for layer in range(lm.n_layers)])  # (layers, variants, conditions, d)
     shortlist = likely_top(lm, r.attn, mode)
     still = ranked_first(lm, blocked_updates, target, mode, shortlist, screen)
-    rows += [_row(key, mode, -1, "blocked_any", int(still[:, j, k].any()), condition=c, variant=v)
+    anywhere, still = still.any(0).tolist(), still.tolist()
+    rows += [_row(key, mode, -1, "blocked_any", int(anywhere[j][k]), condition=c, variant=v)
              for j, v in enumerate(VARIANTS) for k, c in enumerate(conditions)]
     if not layers:
         return rows
-    rows += [_row(key, mode, layer, "blocked", int(still[layer, j, k]), condition=c, variant=v)
+    rows += [_row(key, mode, layer, "blocked", int(still[layer][j][k]), condition=c, variant=v)
              for layer in layers for j, v in enumerate(VARIANTS) for k, c in enumerate(conditions)]
 
     # E8: the attribute's rank in the last-subject representation
     subject_last = position_groups(fact)["subject"][-1]
     states = torch.stack([r.resid[[layer + 1, layer], subject_last] for layer in layers])  # (layers, 2, d)
-    ranks = token_ranks(project(lm, states, mode), target)
-    rows += [_row(key, mode, layer, m, int(ranks[i, j])) for i, layer in enumerate(layers)
+    ranks = token_ranks(project(lm, states, mode), target).tolist()
+    rows += [_row(key, mode, layer, m, int(ranks[i][j])) for i, layer in enumerate(layers)
              for j, m in enumerate(("subject_rank", "subject_rank_input"))]
 
     # E9: which heads' own shares rank the prediction first
     shares = torch.stack([head_contributions(lm, layer, r.heads[layer])[0] for layer in layers])
-    own = ranked_first(lm, shares, target, mode, shortlist, screen)  # (layers, H)
-    rows += [_row(key, mode, layer, "head", int(own[i, h]), head=h)
+    own = ranked_first(lm, shares, target, mode, shortlist, screen).tolist()  # (layers, H)
+    rows += [_row(key, mode, layer, "head", int(own[i][h]), head=h)
              for i, layer in enumerate(layers) for h in range(lm.n_heads)]
     return rows
 
@@ -502,10 +495,10 @@ def value_output(lm, layer: int, vectors: Tensor, chunk: int = 128) -> Tensor:
     for h in range(lm.n_heads):
         z[:, h, h] = values[h]
     proj = lm.sub(layer, lm.arch.attn_out)
-    flat = z.flatten(-2).to(lm.dtype)
-    out = proj(flat) - proj(torch.zeros_like(flat[:1]))
+    flat = z.flatten(-2)
+    out = _call(lm, proj, flat) - _call(lm, proj, torch.zeros_like(flat[:1]))
     norm = _post_norm(lm, layer)
-    return (norm(out) if norm is not None else out).float()
+    return (_call(lm, norm, out) if norm is not None else out).float()
 
 
 def token_embeddings(lm, token_ids) -> Tensor:

@@ -64,7 +64,7 @@ def knockout_probs(lm, input_ids, rows, batch_size: int = 128) -> torch.Tensor:
     """
     unique = list(dict.fromkeys(tuple(row) for row in rows))
     order = sorted(unique, key=lambda row: first_layer(row) or 0)
-    prefix = clean_prefix(lm, input_ids) if lm.arch.attention_interface else input_ids
+    prefix = clean_prefix(lm, input_ids)
     probs = {}
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
@@ -117,7 +117,7 @@ def position_heatmap(lm, input_ids, k: int, batch_size: int = 128) -> pd.DataFra
     probs = knockout_probs(lm, input_ids, rows, batch_size)
     target = int(probs[0].argmax())
     change = 100 * (probs[1:, target] - probs[0, target]) / probs[0, target]
-    return pd.DataFrame(change.reshape(n, L).numpy(), index=pd.RangeIndex(n, name="position"),
+    return pd.DataFrame(change.reshape(n, L).cpu().numpy(), index=pd.RangeIndex(n, name="position"),
                         columns=pd.RangeIndex(L, name="layer"))
 
 

@@ -6,10 +6,8 @@ pass. The interventions are the paper's:
 
 * :class:`BlockAttention` - attention knockout: remove edges query -> key at chosen
   layers, for all heads, by merging the block into whatever mask the model built
-  (None, boolean or additive; causal or sliding-window). It runs inside the attention
-  function registered with transformers' ``AttentionInterface``, so it is the same
-  operation under eager and sdpa attention; models whose attention does not use the
-  interface (GPT-J) get the mask rewritten by a pre-hook instead.
+  (None, boolean or additive; causal or sliding-window), through the model's attention
+  back-end (:mod:`utils.attention`), so it is the same operation under eager and sdpa.
 * :class:`ZeroSublayer` - knock out the attention or MLP update of chosen layers,
   either zeroed (default) or the official code's variants (``variant="official"``):
   MLP coefficients zeroed so the output projection's bias remains, and attention made
@@ -18,20 +16,25 @@ pass. The interventions are the paper's:
 * :class:`PatchHidden` - overwrite the residual stream entering a layer at chosen
   positions.
 
+Each kind installs itself for a whole batch (``install``): its masks are built once per
+batch, on the model's device, from flat index lists, so a batch of hundreds of rows costs
+a few tensor operations on the host and no device synchronisation per layer.
 :func:`run` also captures hidden states, sublayer updates, per-head outputs and
 attention weights at chosen positions.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import sys
+import functools
+import time
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import torch
 from torch import Tensor
+
+from .hooks import Hooks, execution_device
 
 
 def _as_tuple(x) -> tuple[int, ...] | None:
@@ -40,6 +43,33 @@ def _as_tuple(x) -> tuple[int, ...] | None:
     if isinstance(x, int):
         return (x,)
     return tuple(int(i) for i in x)
+
+
+def _check_layers(layers: Iterable[int], n_layers: int) -> None:
+    for layer in layers:
+        if not 0 <= layer < n_layers:
+            raise ValueError(f"layer {layer} out of range for {n_layers} layers")
+
+
+def _check_positions(positions: Iterable[int], n: int, what: str) -> None:
+    for p in positions:
+        if not 0 <= p < n:
+            raise ValueError(f"{what} position {p} out of range for a prompt of {n} tokens")
+
+
+@functools.lru_cache(maxsize=8192)
+def _flat_pairs(queries: tuple[int, ...], keys: tuple[int, ...], n: int) -> tuple[int, ...]:
+    _check_positions(queries, n, "query")
+    _check_positions(keys, n, "key")
+    return tuple(q * n + k for q in queries for k in keys)
+
+
+def _flags(size: int, flat: list[int], device) -> Tensor:
+    """A flat bool tensor with ``flat`` set, built with one host-to-device copy."""
+    out = torch.zeros(size, dtype=torch.bool, device=device)
+    if flat:
+        out[torch.tensor(flat, device=device)] = True
+    return out
 
 
 @dataclass(frozen=True)
@@ -54,6 +84,28 @@ class BlockAttention:
     def __post_init__(self):
         for name in ("layers", "queries", "keys"):
             object.__setattr__(self, name, _as_tuple(getattr(self, name)))
+
+    @staticmethod
+    def install(lm, hooks: Hooks, rows: list[list[BlockAttention]], n: int) -> None:
+        """Blocked-edge masks for every layer a row blocks: (B, n, n) per layer, made from a
+        (terms, B, n, n) edge mask and a (terms, B, L) layer mask on the device."""
+        batch, n_layers = len(rows), lm.n_layers
+        terms = max(len(r) for r in rows)
+        edges, layers, used = [], [], set()
+        for b, row in enumerate(rows):
+            for t, iv in enumerate(row):
+                base = t * batch + b
+                edges.extend(base * n * n + i for i in _flat_pairs(iv.queries, iv.keys, n))
+                _check_layers(iv.layers, n_layers)
+                layers.extend(base * n_layers + layer for layer in iv.layers)
+                used.update(iv.layers)
+        device = lm.device
+        qk = _flags(terms * batch * n * n, edges, device).view(terms, batch, n, n)
+        on = _flags(terms * batch * n_layers, layers, device).view(terms, batch, n_layers)
+        for layer in sorted(used):
+            blocked = (qk & on[:, :, layer, None, None]).any(0)
+            edit = hooks.attention(layer)
+            edit.blocked = blocked if edit.blocked is None else edit.blocked | blocked
 
 
 @dataclass(frozen=True)
@@ -79,6 +131,42 @@ class ZeroSublayer:
         object.__setattr__(self, "layers", _as_tuple(self.layers))
         object.__setattr__(self, "positions", _as_tuple(self.positions))
 
+    @staticmethod
+    def install(lm, hooks: Hooks, rows: list[list[ZeroSublayer]], n: int) -> None:
+        batch, n_layers, arch = len(rows), lm.n_layers, lm.arch
+        kinds: dict[tuple[str, str], tuple[list[int], set[int]]] = {}
+        for b, row in enumerate(rows):
+            for iv in row:
+                flat, used = kinds.setdefault((iv.sublayer, iv.variant), ([], set()))
+                positions = range(n) if iv.positions is None else iv.positions
+                _check_positions(positions, n, "ZeroSublayer")
+                _check_layers(iv.layers, n_layers)
+                for layer in iv.layers:
+                    base = (b * n_layers + layer) * n
+                    flat.extend(base + p for p in positions)
+                used.update(iv.layers)
+        for (sublayer, variant), (flat, used) in kinds.items():
+            masks = _flags(batch * n_layers * n, flat, lm.device).view(batch, n_layers, n)
+            for layer in sorted(used):
+                mask = masks[:, layer]
+                if variant == "zero":
+                    path = arch.attn_update if sublayer == "attn" else arch.mlp_update
+                    hooks.edit_output(lm.sub(layer, path), functools.partial(_zero_at, mask=mask))
+                elif sublayer == "mlp":
+                    if arch.mlp_out is None:
+                        raise NotImplementedError(
+                            f"{lm.config.model_type} has no single MLP output projection (registry field `mlp_out`): "
+                            "the official MLP knockout (hidden units set to 0) does not apply; use variant='zero'.")
+                    hooks.edit_first_arg(lm.sub(layer, arch.mlp_out), functools.partial(_zero_at, mask=mask))
+                else:
+                    edit = hooks.attention(layer)
+                    edit.uniform = mask if edit.uniform is None else edit.uniform | mask
+
+
+def _zero_at(x: Tensor, mask: Tensor) -> Tensor:
+    """``x`` (B, q, d) with the positions ``mask`` (B, n) marks set to 0 (the last q of them)."""
+    return x.masked_fill(mask[:, -x.shape[1]:, None].to(x.device), 0)
+
 
 @dataclass(frozen=True, eq=False)
 class PatchHidden:
@@ -94,8 +182,31 @@ class PatchHidden:
         if self.vectors.shape[0] != len(self.positions):
             raise ValueError("PatchHidden needs one vector per position")
 
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return (self.layer,)
+
+    @staticmethod
+    def install(lm, hooks: Hooks, rows: list[list[PatchHidden]], n: int) -> None:
+        batch, device = len(rows), lm.device
+        patches: dict[int, tuple[Tensor, Tensor]] = {}
+        for b, row in enumerate(rows):
+            for iv in row:
+                _check_layers([iv.layer], lm.n_layers)
+                _check_positions(iv.positions, n, "PatchHidden")
+                mask, values = patches.setdefault(iv.layer, (
+                    torch.zeros(batch, n, dtype=torch.bool, device=device),
+                    torch.zeros(batch, n, lm.config.hidden_size, dtype=lm.dtype, device=device)))
+                index = torch.tensor(iv.positions, device=device)
+                mask[b, index] = True
+                values[b, index] = iv.vectors.to(device, lm.dtype)
+        for layer, (mask, values) in patches.items():
+            hooks.edit_input(lm.layers[layer], lambda h, mask=mask, values=values: torch.where(
+                mask.to(h.device)[..., None], values.to(h.device, h.dtype), h))
+
 
 Intervention = BlockAttention | ZeroSublayer | PatchHidden
+KINDS = (PatchHidden, BlockAttention, ZeroSublayer)
 
 
 def window(center: int, size: int, n_layers: int) -> tuple[int, ...]:
@@ -106,137 +217,38 @@ def window(center: int, size: int, n_layers: int) -> tuple[int, ...]:
 
 def first_layer(interventions: Iterable[Intervention]) -> int | None:
     """The earliest layer an intervention touches (None for none)."""
-    layers = [
-        min(iv.layers) if not isinstance(iv, PatchHidden) else iv.layer
-        for iv in interventions
-        if isinstance(iv, PatchHidden) or iv.layers
-    ]
+    layers = [min(iv.layers) for iv in interventions if iv.layers]
     return min(layers) if layers else None
 
 
-# --------------------------------------------------------------------------------------
-# Attention functions registered with transformers
+HOST_SECONDS = [0.0]
+"""Time spent building interventions on the host (installing them for a batch), summed
+over the process; :mod:`utils.bench` reports its share of a sweep."""
 
 
-def merge_block_into_mask(
-    mask: Tensor | None, blocked: Tensor, q_len: int, k_len: int, layer: int | None = None
-) -> Tensor:
-    """Remove the ``blocked`` edges (B, q, k; True = remove) from an attention mask.
+def intervene(lm, rows: Sequence[Sequence[Intervention]], n_tokens: int, expand_at: int | None = None,
+              pass_tokens: int | None = None) -> Hooks:
+    """The hooks for a batch whose row ``b`` carries ``rows[b]``, over a prompt of
+    ``n_tokens`` positions (``pass_tokens`` of which run in this pass: the last ones).
 
-    The mask may be None (plain causal), boolean (True = attend) or additive
-    (0 = attend, large negative = drop); its padding and sliding-window structure is
-    kept. A query row left with no key to attend to is an error: softmax over a fully
-    masked row is uniform or NaN, not "no attention" - zero the update instead.
+    ``expand_at``: when the input has one row, the layers before ``expand_at`` run once
+    and their output is repeated for every row (all rows share that computation).
     """
-    blocked = blocked[:, None, -q_len:, -k_len:]
-    if mask is None:
-        mask = torch.ones(q_len, k_len, dtype=torch.bool, device=blocked.device)
-        mask = mask.tril(k_len - q_len)[None, None]
-    mask = mask[..., -q_len:, :k_len].to(blocked.device)
-    if mask.dtype == torch.bool:
-        before, merged = mask, mask & ~blocked
-        after = merged
-    else:
-        low = torch.finfo(mask.dtype).min
-        merged = mask.masked_fill(blocked, low)
-        before, after = mask > low / 2, merged > low / 2
-    emptied = before.any(-1) & ~after.any(-1)
-    if emptied.any():
-        row, _, query = (int(i) for i in emptied.nonzero()[0])
-        raise ValueError(
-            f"Attention knockout blocks every key of query position {query} (batch row {row}, "
-            f"layer {layer}). Softmax over a fully masked row is uniform or NaN, not zero: to "
-            "block all attention use ZeroSublayer('attn', ...)."
-        )
-    return merged
-
-
-def _eager_for(module) -> callable:
-    """The model's own eager attention (some families add softcapping or scaling)."""
-    fn = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
-    if fn is None:
-        raise NotImplementedError(f"{type(module).__module__} defines no eager_attention_forward")
-    return fn
-
-
-def _as_additive(mask: Tensor, dtype: torch.dtype) -> Tensor:
-    """An additive float mask (what non-interface attention classes add to their scores)."""
-    if mask.dtype != torch.bool:
-        return mask.to(dtype)
-    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
-
-
-def _attention_weights(module, query, key, mask, kwargs) -> Tensor:
-    """Attention probabilities for sdpa runs, computed as eager attention would."""
-    from transformers.integrations.sdpa_attention import repeat_kv
-
-    key = repeat_kv(key, query.shape[1] // key.shape[1])
-    scaling = kwargs.get("scaling") or getattr(module, "scaling", query.shape[-1] ** -0.5)
-    scores = (query @ key.transpose(-1, -2)).float() * scaling
-    cap = kwargs.get("softcap") or getattr(module.config, "attn_logit_softcapping", None)
-    if cap:
-        scores = torch.tanh(scores / cap) * cap
-    if mask is None:
-        q_len, k_len = scores.shape[-2:]
-        mask = torch.ones(q_len, k_len, dtype=torch.bool, device=scores.device).tril(k_len - q_len)
-    if mask.dtype == torch.bool:
-        scores = scores.masked_fill(~mask[..., : scores.shape[-1]], float("-inf"))
-    else:
-        scores = scores + mask[..., : scores.shape[-1]].float()
-    return scores.softmax(-1).to(query.dtype)
-
-
-def _make_attention_function(backend: str):
-    def attention(module, query, key, value, attention_mask, **kwargs):
-        state = getattr(module, "_dissect", None)
-        if state is not None and state.blocked is not None:
-            attention_mask = merge_block_into_mask(  # (with device_map="auto" layers sit on several GPUs)
-                attention_mask, state.blocked.to(query.device), query.shape[-2], key.shape[-2], module.layer_idx
-            )
-        if backend == "sdpa":
-            from transformers.integrations.sdpa_attention import sdpa_attention_forward as base
-        else:
-            base = _eager_for(module)
-        out, weights = base(module, query, key, value, attention_mask, **kwargs)
-        if state is not None and state.record is not None:
-            if weights is None:
-                weights = _attention_weights(module, query, key, attention_mask, kwargs)
-            state.record(weights=weights, values=value)
-        return out, weights
-
-    attention.__name__ = f"dissect_{backend}"
-    return attention
-
-
-_REGISTERED = False
-
-
-def register_attention_functions() -> None:
-    """Register ``dissect_sdpa`` and ``dissect_eager`` with transformers (idempotent).
-
-    Each needs a mask function too: without one, transformers builds no mask at all and
-    silently drops causal masking. They reuse the stock sdpa and eager mask builders.
-    """
-    global _REGISTERED
-    if _REGISTERED:
-        return
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
-
-    for backend, mask_fn in (("sdpa", sdpa_mask), ("eager", eager_mask)):
-        AttentionInterface.register(f"dissect_{backend}", _make_attention_function(backend))
-        AttentionMaskInterface.register(f"dissect_{backend}", mask_fn)
-    _REGISTERED = True
-
-
-@dataclass
-class _AttentionState:
-    blocked: Tensor | None = None
-    record: callable | None = None
+    started = time.perf_counter()
+    hooks = Hooks(lm, pass_tokens or n_tokens)
+    batch = len(rows)
+    if expand_at is not None:
+        hooks.edit_input(lm.layers[expand_at], lambda h: h.expand(batch, *h.shape[1:]).contiguous())
+    for kind in KINDS:
+        chosen = [[iv for iv in row if isinstance(iv, kind)] for row in rows]
+        if any(chosen):
+            kind.install(lm, hooks, chosen, n_tokens)
+    HOST_SECONDS[0] += time.perf_counter() - started
+    return hooks
 
 
 # --------------------------------------------------------------------------------------
-# Building one batch's hooks
+# Capture
 
 
 @dataclass
@@ -261,247 +273,91 @@ class Capture:
     heads: bool = False
     attn_weights: bool = False
     values: bool = False
+    calls: bool = False
+    """Also keep, per layer, the (args, kwargs) the model called it with (to run it again)."""
+
+    def install(self, lm, hooks: Hooks, store: dict) -> None:
+        arch = lm.arch
+        layers = list(range(lm.n_layers)) if self.layers is None else list(self.layers)
+        _check_layers(layers, lm.n_layers)
+        pos = None if self.positions is None else list(self.positions)
+
+        def put(name, layer):
+            def keep(x: Tensor) -> None:
+                store.setdefault(name, {})[layer] = x if pos is None else x[:, pos]
+            return keep
+
+        for layer in layers:
+            if self.calls:
+                hooks.on_input(lm.layers[layer], lambda m, args, kwargs, layer=layer: store.setdefault(
+                    "calls", {}).__setitem__(layer, (args, kwargs)))
+            if self.resid:
+                hooks.read_input(lm.layers[layer], put("resid", layer))
+                if layer == lm.n_layers - 1:
+                    hooks.read_output(lm.layers[layer], put("resid", layer + 1))
+            if self.attn:
+                hooks.read_output(lm.sub(layer, arch.attn_update), put("attn", layer))
+            if self.mlp:
+                hooks.read_output(lm.sub(layer, arch.mlp_update), put("mlp", layer))
+            if self.heads:
+                heads = put("heads", layer)
+                hooks.read_first_arg(lm.sub(layer, arch.attn_out), lambda z, heads=heads: heads(
+                    z.unflatten(-1, (lm.n_heads, -1))))
+            if self.attn_weights or self.values:
+                def record(weights=None, values=None, layer=layer):
+                    if self.attn_weights:
+                        w = weights.detach()
+                        store.setdefault("attn_weights", {})[layer] = w if pos is None else w[:, :, pos]
+                    if self.values:
+                        store.setdefault("values", {})[layer] = values.detach()
+
+                hooks.attention(layer).record.append(record)
 
 
 @dataclass
 class RunOutput:
     logits: Tensor
-    """(B, logits_to_keep, V) next-token logits of the last positions."""
+    """(B, logits_to_keep, V) next-token logits of the last positions, as the model computed them."""
     acts: dict[str, Tensor] = field(default_factory=dict)
+    final_hidden: Tensor | None = None
+    """(B, d) the input of the output head at the last position, kept for models that do not
+    run in float32 (see :meth:`probs`)."""
+    lm: object = None
+    calls: dict | None = None
+    """With ``Capture(calls=True)``: layer -> the (args, kwargs) it was called with."""
 
     def probs(self) -> Tensor:
-        """Next-token probabilities at the last position (B, V), in fp32."""
-        return self.logits[:, -1].float().softmax(-1)
+        """Next-token probabilities at the last position (B, V), in fp32.
 
+        For a half-precision model they are computed in fp32 from the last hidden state (the
+        head's weights in fp32): the model's own bf16 logits are rounded to 8 significant
+        bits, which moves each probability by several percent and would make small relative
+        changes rounding noise.
+        """
+        if self.final_hidden is None:
+            return self.logits[:, -1].float().softmax(-1)
+        from .projection import final_logits
 
-def _positions_mask(batch: int, n: int, rows, select, device) -> dict[int, Tensor]:
-    """layer -> (B, n) bool, from each row's interventions chosen by ``select``."""
-    out: dict[int, Tensor] = {}
-    for b, row in enumerate(rows):
-        for iv in row:
-            chosen = select(iv)
-            if chosen is None:
-                continue
-            positions = list(range(n)) if chosen is True else list(chosen)
-            for layer in iv.layers:
-                mask = out.setdefault(layer, torch.zeros(batch, n, dtype=torch.bool))
-                mask[b, positions] = True
-    return {k: v.to(device) for k, v in out.items()}
-
-
-def first_output(output):
-    """A module's main output, whether it returns a tensor or a tuple (versions differ)."""
-    return output[0] if isinstance(output, tuple) else output
-
-
-def replace_first_output(output, new):
-    return (new, *output[1:]) if isinstance(output, tuple) else new
-
-
-def layer_input(args, kwargs):
-    """The hidden states a decoder layer was called with (positionally or by keyword)."""
-    return args[0] if args else kwargs["hidden_states"]
-
-
-def with_layer_input(args, kwargs, new):
-    if args:
-        return (new, *args[1:]), kwargs
-    return args, {**kwargs, "hidden_states": new}
-
-
-class _Hooks:
-    """Installs and removes the hooks and attention state of one forward pass."""
-
-    def __init__(self, lm):
-        self.lm = lm
-        self.handles = []
-        self.states: list[torch.nn.Module] = []
-
-    def add(self, module, hook, kind="forward"):
-        if kind == "forward":
-            self.handles.append(module.register_forward_hook(hook))
-        else:
-            self.handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
-
-    def state(self, layer: int) -> _AttentionState:
-        module = self.lm.sub(layer, self.lm.arch.attention)
-        if getattr(module, "_dissect", None) is None:
-            module._dissect = _AttentionState()
-            self.states.append(module)
-        return module._dissect
-
-    def close(self):
-        for h in self.handles:
-            h.remove()
-        for module in self.states:
-            module._dissect = None
-
-
-def _zero_query(layout: str, hidden: int, head_dim: int):
-    def edit(q: Tensor, mask: Tensor) -> Tensor:
-        keep = (~mask)[..., None].to(q.dtype)
-        if layout == "plain":
-            return q * keep
-        if layout == "fused_qkv":
-            return torch.cat([q[..., :hidden] * keep, q[..., hidden:]], dim=-1)
-        if layout == "neox_qkv":
-            shaped = q.view(*q.shape[:-1], -1, 3 * head_dim)
-            first = shaped[..., :head_dim] * keep[..., None]
-            return torch.cat([first, shaped[..., head_dim:]], dim=-1).view_as(q)
-        raise ValueError(f"unknown query layout {layout!r}")
-
-    return edit
-
-
-@contextlib.contextmanager
-def intervene(lm, rows: Sequence[Sequence[Intervention]], n_tokens: int, expand_at: int | None = None):
-    """Install the hooks for a batch whose row ``b`` carries ``rows[b]``.
-
-    ``expand_at``: when the input has one row, the layers before ``expand_at`` run once
-    and their output is repeated for every row (all rows share that computation).
-    """
-    arch, batch, device = lm.arch, len(rows), lm.device
-    hooks = _Hooks(lm)
-    try:
-        if expand_at is not None:
-            def expand(module, args, kwargs):
-                h = layer_input(args, kwargs)
-                return with_layer_input(args, kwargs, h.expand(batch, *h.shape[1:]).contiguous())
-
-            hooks.add(lm.layers[expand_at], expand, "pre")
-
-        # residual-stream patches (pre-hooks on the layer they enter)
-        patches: dict[int, tuple[Tensor, Tensor]] = {}
-        for b, row in enumerate(rows):
-            for iv in row:
-                if isinstance(iv, PatchHidden):
-                    if not 0 <= iv.layer < lm.n_layers:
-                        raise ValueError(f"PatchHidden.layer must be in [0, {lm.n_layers})")
-                    mask, values = patches.setdefault(
-                        iv.layer,
-                        (torch.zeros(batch, n_tokens, dtype=torch.bool),
-                         torch.zeros(batch, n_tokens, lm.config.hidden_size, dtype=lm.dtype)),
-                    )
-                    mask[b, list(iv.positions)] = True
-                    values[b, list(iv.positions)] = iv.vectors.to(values.dtype).cpu()
-        for layer, (mask, values) in patches.items():
-            def patch(module, args, kwargs, mask=mask, values=values):
-                h = layer_input(args, kwargs)
-                new = torch.where(mask.to(h.device)[..., None], values.to(h.device, h.dtype), h)
-                return with_layer_input(args, kwargs, new)
-
-            hooks.add(lm.layers[layer], patch, "pre")
-
-        # attention knockout
-        blocked: dict[int, Tensor] = {}
-        for b, row in enumerate(rows):
-            for iv in row:
-                if isinstance(iv, BlockAttention):
-                    for layer in iv.layers:
-                        m = blocked.setdefault(layer, torch.zeros(batch, n_tokens, n_tokens, dtype=torch.bool))
-                        m[b][torch.tensor(iv.queries)[:, None], torch.tensor(iv.keys)[None, :]] = True
-        for layer, m in blocked.items():
-            if not 0 <= layer < lm.n_layers:
-                raise ValueError(f"layer {layer} out of range for {lm.n_layers} layers")
-            m = m.to(device)
-            if arch.attention_interface:
-                hooks.state(layer).blocked = m
-            else:
-                def rewrite_mask(module, args, kwargs, m=m, layer=layer):
-                    h = layer_input(args, kwargs)
-                    mask = merge_block_into_mask(kwargs.get("attention_mask"), m.to(h.device), h.shape[1], h.shape[1], layer)
-                    return args, {**kwargs, "attention_mask": _as_additive(mask, h.dtype)}
-
-                hooks.add(lm.sub(layer, arch.attention), rewrite_mask, "pre")
-
-        # sublayer knockouts
-        def select(sublayer, variant):
-            def chosen(iv):
-                if isinstance(iv, ZeroSublayer) and iv.sublayer == sublayer and iv.variant == variant:
-                    return True if iv.positions is None else iv.positions
-                return None
-            return chosen
-
-        def zero_output(module, args, output, mask):
-            h = first_output(output)
-            return replace_first_output(output, h.masked_fill(mask.to(h.device)[..., None], 0))
-
-        for layer, mask in _positions_mask(batch, n_tokens, rows, select("attn", "zero"), device).items():
-            hooks.add(lm.sub(layer, arch.attn_update), lambda m, a, o, mask=mask: zero_output(m, a, o, mask))
-        for layer, mask in _positions_mask(batch, n_tokens, rows, select("mlp", "zero"), device).items():
-            hooks.add(lm.sub(layer, arch.mlp_update), lambda m, a, o, mask=mask: zero_output(m, a, o, mask))
-        for layer, mask in _positions_mask(batch, n_tokens, rows, select("mlp", "official"), device).items():
-            def zero_coefficients(module, args, kwargs, mask=mask):
-                h = args[0]
-                return (h.masked_fill(mask.to(h.device)[..., None], 0), *args[1:]), kwargs
-
-            hooks.add(lm.sub(layer, arch.mlp_out), zero_coefficients, "pre")
-        edit_query = _zero_query(arch.query_layout, lm.config.hidden_size, lm.head_dim)
-        for layer, mask in _positions_mask(batch, n_tokens, rows, select("attn", "official"), device).items():
-            hooks.add(
-                lm.sub(layer, arch.query),
-                lambda m, a, o, mask=mask: replace_first_output(o, edit_query(first_output(o), mask.to(first_output(o).device))),
-            )
-        yield hooks
-    finally:
-        hooks.close()
-
-
-def _install_capture(lm, hooks: _Hooks, capture: Capture, store: dict):
-    arch = lm.arch
-    layers = list(range(lm.n_layers)) if capture.layers is None else list(capture.layers)
-    pos = capture.positions
-
-    def take(x: Tensor) -> Tensor:
-        x = x.detach()
-        return x if pos is None else x[:, list(pos)]
-
-    def put(name, layer, value):
-        store.setdefault(name, {})[layer] = value.to(lm.device)
-
-    for layer in layers:
-        if capture.resid:
-            hooks.add(lm.layers[layer],
-                      lambda m, a, k, layer=layer: put("resid", layer, take(layer_input(a, k))), "pre")
-            if layer == lm.n_layers - 1:
-                hooks.add(lm.layers[layer],
-                          lambda m, a, o, layer=layer: put("resid", layer + 1, take(first_output(o))))
-        if capture.attn:
-            hooks.add(lm.sub(layer, arch.attn_update), lambda m, a, o, layer=layer: put("attn", layer, take(first_output(o))))
-        if capture.mlp:
-            hooks.add(lm.sub(layer, arch.mlp_update), lambda m, a, o, layer=layer: put("mlp", layer, take(first_output(o))))
-        if capture.heads:
-            def heads(m, args, kwargs, layer=layer):
-                z = take(args[0])
-                put("heads", layer, z.view(*z.shape[:-1], lm.n_heads, -1))
-
-            hooks.add(lm.sub(layer, arch.attn_out), heads, "pre")
-        if capture.attn_weights or capture.values:
-            def record(weights=None, values=None, layer=layer):
-                if capture.attn_weights and weights is not None:
-                    w = weights.detach()
-                    put("attn_weights", layer, w if pos is None else w[:, :, list(pos)])
-                if capture.values and values is not None:
-                    put("values", layer, values.detach())
-
-            if arch.attention_interface:
-                hooks.state(layer).record = record
-            elif capture.values and arch.value is None:
-                raise NotImplementedError(
-                    f"capturing values of {lm.config.model_type} needs its value projection in the registry")
-            else:  # the model's own eager attention returns its probabilities; values come from v_proj
-                if capture.attn_weights:
-                    hooks.add(lm.sub(layer, arch.attention), lambda m, a, o, record=record: record(weights=o[1]))
-                if capture.values:
-                    def split_heads(m, a, o, record=record):  # (B, n, H*hd) -> (B, H, n, hd)
-                        record(values=o.unflatten(-1, (lm.n_heads, -1)).transpose(1, 2))
-
-                    hooks.add(lm.sub(layer, arch.value), split_heads)
+        return final_logits(self.lm, self.final_hidden).softmax(-1)
 
 
 def _stack(parts: dict[int, Tensor], batch: int) -> Tensor:
+    """Parts captured layer by layer (on each layer's device) as one (B, layers, ...) tensor."""
     tensors = [parts[k] for k in sorted(parts)]
-    return torch.stack([t.expand(batch, *t.shape[1:]) for t in tensors], dim=1)
+    device = tensors[0].device
+    return torch.stack([t.to(device).expand(batch, *t.shape[1:]) for t in tensors], dim=1)
+
+
+def _read_final_hidden(lm, hooks: Hooks, store: dict) -> None:
+    if lm.dtype != torch.float32:
+        hooks.read_first_arg(lm.unembedding, lambda h: store.__setitem__("final", h[:, -1]))
+
+
+def _output(lm, out, rows: int, store: dict) -> RunOutput:
+    final, calls = store.pop("final", None), store.pop("calls", None)
+    acts = {name: _stack(parts, rows) for name, parts in store.items()}
+    return RunOutput(logits=out.logits.expand(rows, *out.logits.shape[1:]), acts=acts,
+                     final_hidden=None if final is None else final.expand(rows, -1), lm=lm, calls=calls)
 
 
 @torch.no_grad()
@@ -528,16 +384,18 @@ def run(
         raise ValueError(f"{ids.shape[0]} prompts for {len(rows)} rows of interventions")
     expand_at = None
     if ids.shape[0] == 1 and len(rows) > 1:
-        starts = [first_layer(r) for r in rows]
-        start = 0 if (not share_prefix or None in starts) else min(starts)
-        expand_at = start
-    store: dict[str, dict[int, Tensor]] = {}
+        if not lm.attention_backend.prefix_cache:  # e.g. Bloom's ALiBi is built per batch row before layer 0
+            ids = ids.expand(len(rows), -1)
+        else:
+            starts = [first_layer(r) for r in rows]
+            expand_at = 0 if (not share_prefix or None in starts) else min(starts)
+    store: dict = {}
     with intervene(lm, rows, ids.shape[1], expand_at) as hooks:
         if capture is not None:
-            _install_capture(lm, hooks, capture, store)
-        out = lm.model(input_ids=ids.to(lm.device), use_cache=False, logits_to_keep=logits_to_keep)
-    acts = {name: _stack(parts, len(rows)) for name, parts in store.items()}
-    return RunOutput(logits=out.logits.expand(len(rows), *out.logits.shape[1:]), acts=acts)
+            capture.install(lm, hooks, store)
+        _read_final_hidden(lm, hooks, store)
+        out = hooks.forward(input_ids=ids.to(lm.device), use_cache=False, logits_to_keep=logits_to_keep)
+    return _output(lm, out, len(rows), store)
 
 
 # --------------------------------------------------------------------------------------
@@ -556,13 +414,16 @@ class Prefix:
 
 
 @torch.no_grad()
-def clean_prefix(lm, input_ids: Tensor | Sequence[int]) -> Prefix:
-    """Run every position but the last once, keeping their keys and values."""
+def clean_prefix(lm, input_ids: Tensor | Sequence[int]) -> Prefix | Tensor:
+    """Run every position but the last once, keeping their keys and values (for models
+    whose attention back-end supports a cached prefix; otherwise the prompt itself)."""
     ids = torch.as_tensor(input_ids, dtype=torch.long).reshape(1, -1)
+    if not lm.attention_backend.prefix_cache:
+        return ids
     if ids.shape[1] < 2:
         raise ValueError("a prompt needs at least two tokens to have a prefix")
     out = lm.model(input_ids=ids[:, :-1].to(lm.device), use_cache=True, logits_to_keep=1)
-    return Prefix(ids, out.past_key_values)
+    return Prefix(ids, out.cache)
 
 
 def _only_last_query(rows, last: int) -> bool:
@@ -601,8 +462,8 @@ def run_last_position(
     row computes one token instead of n. A row with no intervention is the clean run.
     With ``share_prefix``, the last token also runs once through the layers before the
     earliest knocked-out layer. Same numbers as :func:`run` up to float rounding.
-    Models whose attention does not use transformers' AttentionInterface (GPT-J) fall back
-    to :func:`run`.
+    Models whose attention back-end has no cached prefix (:class:`utils.attention.MaskHookBackend`)
+    fall back to :func:`run`.
     """
     prefix = input_ids if isinstance(input_ids, Prefix) else None
     ids = prefix.input_ids if prefix else torch.as_tensor(input_ids, dtype=torch.long).reshape(1, -1)
@@ -610,14 +471,21 @@ def run_last_position(
     n = ids.shape[1]
     if not _only_last_query(rows, n - 1):
         raise ValueError("run_last_position takes only BlockAttention whose queries are the last position")
-    if not lm.arch.attention_interface or n < 2:
+    if not lm.attention_backend.prefix_cache or n < 2:
         return run(lm, ids, rows, share_prefix=share_prefix)
     prefix = prefix or clean_prefix(lm, ids)
     starts = [first_layer(r) for r in rows]
     start = min((s for s in starts if s is not None), default=lm.n_layers) if share_prefix else 0
     expand_at = start if len(rows) > 1 and start < lm.n_layers else None
     cache = _cache_for(prefix, len(rows), lm.n_layers if expand_at is None else expand_at)
-    with intervene(lm, rows, n, expand_at):
-        out = lm.model(input_ids=ids[:, -1:].to(lm.device), past_key_values=cache, use_cache=True,
-                       logits_to_keep=1)
-    return RunOutput(logits=out.logits.expand(len(rows), *out.logits.shape[1:]))
+    store: dict = {}
+    with intervene(lm, rows, n, expand_at, pass_tokens=1) as hooks:
+        _read_final_hidden(lm, hooks, store)
+        out = hooks.forward(input_ids=ids[:, -1:].to(lm.device), cache=cache, use_cache=True, logits_to_keep=1)
+    return _output(lm, out, len(rows), store)
+
+
+__all__ = [
+    "BlockAttention", "Capture", "HOST_SECONDS", "Intervention", "PatchHidden", "Prefix", "RunOutput", "ZeroSublayer",
+    "clean_prefix", "execution_device", "first_layer", "intervene", "run", "run_last_position", "window",
+]

@@ -18,13 +18,15 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from .checks import summary
+from .hooks import execution_device
 from .registry import ArchSpec, arch_spec
 
 
@@ -182,7 +184,12 @@ def resolve_dtype(dtype) -> torch.dtype:
 
 @dataclass
 class LoadedModel:
-    """A causal LM with what the analyses need to know about its structure."""
+    """A causal LM with what the analyses need to know about its structure.
+
+    ``cache`` holds what the analyses derive once per model (the decoded vocabulary, a bf16
+    copy of the unembedding, ...): it belongs to this object, not to transformers' model or
+    tokenizer, and goes away with it.
+    """
 
     name: str
     model: torch.nn.Module
@@ -191,14 +198,25 @@ class LoadedModel:
     attn_backend: str
     """The stock attention function doing the work: ``"sdpa"`` or ``"eager"``."""
     sink_token: str | None = None
+    attention_backend: object = None
+    """How interventions reach attention (:mod:`utils.attention`), read off the loaded model."""
+    check: dict | None = None
+    """The outcome of the model check run at load (:mod:`utils.checks`)."""
+    cache: dict = field(default_factory=dict, repr=False)
 
     @property
     def config(self):
         return self.model.config
 
     @property
+    def text_config(self):
+        return self.config.get_text_config()
+
+    @property
     def device(self) -> torch.device:
-        return self.model.get_input_embeddings().weight.device
+        """Where inputs go: the execution device of the input embeddings (with accelerate's
+        offload their weights may sit on ``meta`` between passes)."""
+        return execution_device(self.model.get_input_embeddings())
 
     @property
     def dtype(self) -> torch.dtype:
@@ -210,11 +228,18 @@ class LoadedModel:
 
     @property
     def n_heads(self) -> int:
-        return self.config.num_attention_heads
+        return self.text_config.num_attention_heads
+
+    @property
+    def n_kv_heads(self) -> int:
+        config = self.text_config
+        if config.model_type == "falcon" and config.multi_query and not config.new_decoder_architecture:
+            return 1
+        return getattr(config, "num_key_value_heads", None) or getattr(config, "num_kv_heads", None) or self.n_heads
 
     @property
     def head_dim(self) -> int:
-        return getattr(self.config, "head_dim", None) or self.config.hidden_size // self.n_heads
+        return getattr(self.text_config, "head_dim", None) or self.text_config.hidden_size // self.n_heads
 
     @property
     def layers(self) -> torch.nn.ModuleList:
@@ -264,19 +289,80 @@ class LoadedModel:
             "hf_class": type(self.model).__name__,
             "model_type": self.config.model_type,
             "n_layers": self.n_layers,
-            "hidden_size": self.config.hidden_size,
+            "hidden_size": self.text_config.hidden_size,
             "n_heads": self.n_heads,
             "vocab_size": self.unembedding.weight.shape[0],
-            "tied_embeddings": self.unembedding.weight.data_ptr()
-            == self.model.get_input_embeddings().weight.data_ptr(),
+            "tied_embeddings": bool(getattr(self.text_config, "tie_word_embeddings", False)),
             "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""),
             "attn_backend": self.attn_backend,
+            "attention_backend": getattr(self.attention_backend, "name", None),
+            "offloaded": is_offloaded(self.model),
+            "model_check": summary(self.check),
         }
 
 
 def _hub_id(name: str) -> str:
     return HUB_ALIASES.get(name, name)
+
+
+def is_offloaded(model) -> bool:
+    """Whether accelerate keeps some of the weights off the execution device (CPU or disk offload)."""
+    return any(getattr(getattr(m, "_hf_hook", None), "offload", False) for m in model.modules())
+
+
+def _fits_one_gpu(config, dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether the weights fit on ``device`` with a fifth of its free memory to spare."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        empty = AutoModelForCausalLM.from_config(config)
+    size = sum(p.numel() for p in empty.parameters()) * torch.empty((), dtype=dtype).element_size()
+    free, _ = torch.cuda.mem_get_info(device)
+    return size < 0.8 * free
+
+
+def _from_pretrained(source, dtype, attn_backend: str, **kwargs):
+    """Load with our attention function for ``attn_backend``; families transformers refuses it
+    for fall back to ours for eager, then to the stock eager attention (they are then
+    reached by hooks, :class:`utils.attention.MaskHookBackend`)."""
+    tried = []
+    for impl in dict.fromkeys([f"dissect_{attn_backend}", "dissect_eager", "eager"]):
+        try:
+            return AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation=impl, **kwargs)
+        except ValueError as err:  # "... does not support an attention implementation through ..."
+            if "attention" not in str(err) and "attn" not in str(err):
+                raise
+            tried.append(f"{impl}: {err}")
+    raise ValueError("no attention implementation could be set:\n" + "\n".join(tried))
+
+
+def _settle_backend(lm: LoadedModel) -> None:
+    """Read off the loaded model how interventions reach its attention, and record the stock
+    function doing the work. A family whose attention ignores our functions (or fails under
+    them) runs its own eager attention, which returns the probabilities the hooks read."""
+    from .attention import MaskHookBackend, probe_backend
+
+    try:
+        backend = probe_backend(lm)
+    except (KeyError, ValueError, NotImplementedError, TypeError):
+        backend = None
+    if backend is None or isinstance(backend, MaskHookBackend):
+        if lm.model.config._attn_implementation != "eager":  # these classes read the setting at run time
+            lm.model.config._attn_implementation = "eager"
+        backend = probe_backend(lm)
+        lm.attn_backend = "eager"
+    else:
+        lm.attn_backend = lm.model.config._attn_implementation.removeprefix("dissect_")
+    lm.attention_backend = backend
+
+
+def _finish(lm: LoadedModel, check: bool) -> LoadedModel:
+    from .checks import check_model
+
+    _settle_backend(lm)
+    lm.check = check_model(lm) if check else {"status": "skipped", "reason": "check=False was given"}
+    return lm
 
 
 def load_model(
@@ -285,15 +371,22 @@ def load_model(
     dtype="float32",
     attn_backend: str = "sdpa",
     device_map: str | dict | None = None,
+    max_memory: dict | None = None,
+    offload_folder: str | Path | None = None,
+    check: bool = True,
 ) -> LoadedModel:
     """Load a model by embedded name (``gemma-3-270m``, ``smollm2-135m``) or hub id.
 
-    ``device="auto"`` picks cuda when available, else cpu. On cuda the weights are placed
-    with ``device_map="auto"`` (accelerate), which spreads a model over several GPUs when
-    one is too small. ``attn_backend`` is the stock attention function ("sdpa" or
-    "eager") that runs under this project's interventions.
+    ``device="auto"`` picks cuda when available, else cpu. On cuda a model that fits on the
+    GPU goes there whole; a larger one is placed with ``device_map="auto"`` (accelerate),
+    over several GPUs or with CPU offload, in the requested dtype. ``device_map``,
+    ``max_memory`` and ``offload_folder`` are passed to ``from_pretrained`` as given (e.g.
+    ``device_map="auto", max_memory={"cpu": "2GB"}, offload_folder=...`` offloads to disk).
+    ``attn_backend`` is the stock attention function ("sdpa" or "eager") that runs under
+    this project's interventions. Every load runs the model check (:mod:`utils.checks`);
+    ``check=False`` skips it, and the results' metadata then says so.
     """
-    from .interventions import register_attention_functions
+    from .attention import register_attention_functions
 
     if attn_backend not in ("sdpa", "eager"):
         raise ValueError("attn_backend must be 'sdpa' or 'eager'")
@@ -314,49 +407,42 @@ def load_model(
             f"{', '.join(HUB_ALIASES)}; any hub id such as 'EleutherAI/pythia-1.4b' or "
             "'meta-llama/Llama-3.2-1B' works with network access."
         ) from err
-    spec = arch_spec(getattr(config, "text_config", None) or config)
-    if not spec.attention_interface:
-        attn_backend = "eager"  # e.g. GPT-J: its attention class has no sdpa path
-    impl = f"dissect_{attn_backend}" if spec.attention_interface else attn_backend
+    spec = arch_spec(config.get_text_config())
     if torch_device.type == "cuda" and device_map is None:
-        device_map = "auto"
-    model = AutoModelForCausalLM.from_pretrained(
-        source, dtype=torch_dtype, attn_implementation=impl, device_map=device_map
-    )
+        device_map = {"": str(torch_device)} if _fits_one_gpu(config, torch_dtype, torch_device) else "auto"
+    extra = {k: v for k, v in (("max_memory", max_memory), ("offload_folder", offload_folder)) if v is not None}
+    model = _from_pretrained(source, torch_dtype, attn_backend, device_map=device_map, **extra)
     if device_map is None:
         model.to(torch_device)
     model.eval().requires_grad_(False)
     tokenizer = AutoTokenizer.from_pretrained(source)
-    return LoadedModel(
-        name=name,
-        model=model,
-        tokenizer=tokenizer,
-        arch=spec,
-        attn_backend=attn_backend,
-        sink_token=embedded.sink_token if embedded else None,
-    )
+    lm = LoadedModel(name=name, model=model, tokenizer=tokenizer, arch=spec, attn_backend=attn_backend,
+                     sink_token=embedded.sink_token if embedded else None)
+    return _finish(lm, check)
 
 
-def wrap_model(model, tokenizer, name: str | None = None, sink_token: str | None = None) -> LoadedModel:
-    """Use an already loaded HF model (switching it to this project's attention functions)."""
-    from .interventions import register_attention_functions
+def wrap_model(model, tokenizer, name: str | None = None, sink_token: str | None = None,
+               check: bool = True) -> LoadedModel:
+    """Use an already loaded HF model (switching it to this project's attention functions
+    where its family goes through transformers' attention interface)."""
+    from .attention import register_attention_functions
 
     register_attention_functions()
-    spec = arch_spec(getattr(model.config, "text_config", None) or model.config)
+    spec = arch_spec(model.config.get_text_config())
     backend = model.config._attn_implementation.removeprefix("dissect_")
     if backend not in ("sdpa", "eager"):
         raise ValueError(f"attention implementation {backend!r} is not supported; use 'sdpa' or 'eager'")
-    if spec.attention_interface:
-        model.set_attn_implementation(f"dissect_{backend}")
+    if getattr(model, "_supports_attention_backend", False):  # the others keep their own attention
+        for impl in dict.fromkeys([f"dissect_{backend}", "dissect_eager"]):
+            try:
+                model.set_attn_implementation(impl)
+                break
+            except (ValueError, KeyError):
+                continue
     model.eval().requires_grad_(False)
-    return LoadedModel(
-        name=name or model.config.name_or_path or model.config.model_type,
-        model=model,
-        tokenizer=tokenizer,
-        arch=spec,
-        attn_backend=backend,
-        sink_token=sink_token,
-    )
+    lm = LoadedModel(name=name or model.config.name_or_path or model.config.model_type, model=model,
+                     tokenizer=tokenizer, arch=spec, attn_backend=backend, sink_token=sink_token)
+    return _finish(lm, check)
 
 
 def main(argv=None) -> None:

@@ -8,17 +8,72 @@ Two modes:
   is exactly the official computation; for untied models (GPT-J's ``lm_head``,
   Pythia's ``embed_out``, many Llamas) it is the matrix that maps the residual stream
   to tokens, where the input embedding would not be. ``matrix="input"`` reproduces the
-  official code literally for untied models.
-* ``"logit_lens"`` - the final norm, then the output head (with its bias and any final
-  logit soft-capping): the model's own readout applied to an intermediate state.
+  official computation literally for untied models.
+* ``"logit_lens"`` - the final norm, then the output head (with its bias, any final
+  logit soft-capping and logit scale): the model's own readout applied to an
+  intermediate state.
+
+Scores are computed in float32 whatever the model's dtype, a slice of the vocabulary at a
+time (a half-precision model's unembedding is never copied to float32 whole), from the
+weights where they actually are: with accelerate's offload, through its own hooks.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
+from .hooks import execution_device
+
 MODES = ("paper", "logit_lens")
+CHUNK = 32768
+"""Vocabulary rows converted to float32 at a time."""
+
+
+@contextlib.contextmanager
+def module_weights(module: torch.nn.Module):
+    """``(weight, bias)`` of a linear or embedding module, on its execution device, for the
+    duration of the block (accelerate loads offloaded weights and puts them back after)."""
+    from accelerate.utils import align_module_device
+
+    with align_module_device(module):
+        yield module.weight, getattr(module, "bias", None)
+
+
+def fp32_scores(vectors: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``vectors @ weight.T + bias`` in float32 (..., V), a slice of rows of ``weight`` at a time
+    (for a float32 model, exactly the model's own ``F.linear``)."""
+    x = vectors.to(weight.device).float()
+    if weight.dtype == torch.float32:
+        return F.linear(x, weight, bias)
+    parts = [F.linear(x, w.float(), None if b is None else b.float())
+             for w, b in zip(weight.split(CHUNK), bias.split(CHUNK) if bias is not None else [None] * len(weight))]
+    return torch.cat(parts, dim=-1)
+
+
+def _finish_logits(lm, logits: Tensor) -> Tensor:
+    """What a family's head does after the matrix product (monotone: it never changes a ranking)."""
+    config = lm.text_config
+    scale = getattr(config, "logit_scale", None)
+    if scale:
+        logits = logits * scale
+    cap = getattr(config, "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def final_logits(lm, hidden: Tensor) -> Tensor:
+    """Next-token logits (..., V) in float32 from the input of the output head."""
+    with module_weights(lm.unembedding) as (weight, bias):
+        return _finish_logits(lm, fp32_scores(hidden, weight, bias))
+
+
+def normed(lm, vectors: Tensor) -> Tensor:
+    """The final norm applied to residual-stream vectors (in the model's dtype, on its device)."""
+    norm = lm.final_norm
+    return norm(vectors.to(execution_device(norm), lm.dtype))
 
 
 def project(lm, vectors: Tensor, mode: str = "paper", matrix: str = "output") -> Tensor:
@@ -26,13 +81,13 @@ def project(lm, vectors: Tensor, mode: str = "paper", matrix: str = "output") ->
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}")
     if mode == "logit_lens":
-        head = lm.unembedding
-        x = lm.final_norm(vectors.to(head.weight.device, head.weight.dtype))
-        logits = head(x).float()
-        cap = getattr(lm.config, "final_logit_softcapping", None)
-        return torch.tanh(logits / cap) * cap if cap else logits
-    weight = (lm.model.get_input_embeddings() if matrix == "input" else lm.unembedding).weight
-    return vectors.to(weight.device, weight.dtype).float() @ weight.float().T
+        return final_logits(lm, normed(lm, vectors))
+    module = lm.model.get_input_embeddings() if matrix == "input" else lm.unembedding
+    with module_weights(module) as (weight, _):  # the official product, no bias, no norm
+        x = vectors.to(weight.device).float()
+        if weight.dtype == torch.float32:
+            return x @ weight.T
+        return torch.cat([x @ part.float().T for part in weight.split(CHUNK)], dim=-1)
 
 
 def top_tokens(lm, vectors: Tensor, k: int, mode: str = "paper") -> Tensor:
@@ -50,11 +105,10 @@ def token_ranks(scores: Tensor, token_ids: Tensor | int) -> Tensor:
 
 def vocabulary(lm) -> tuple[str, ...]:
     """Every token id decoded once (as a string with its leading space), for fast lookup."""
-    tokenizer = lm.tokenizer
-    if getattr(tokenizer, "_dissect_vocab", None) is None:
+    if "vocab" not in lm.cache:
         size = lm.unembedding.weight.shape[0]
-        tokenizer._dissect_vocab = tuple(tokenizer.batch_decode([[i] for i in range(size)]))
-    return tokenizer._dissect_vocab
+        lm.cache["vocab"] = tuple(lm.tokenizer.batch_decode([[i] for i in range(size)]))
+    return lm.cache["vocab"]
 
 
 def decode_ids(lm, ids) -> list:

@@ -3,116 +3,137 @@
 The registry is data only, keyed by ``config.model_type``: module paths are dotted and
 relative to the model (``layers``, ``final_norm``) or to one decoder layer (everything
 else). Adding a family means adding one entry here; nothing else in ``utils`` names a
-module of a specific architecture.
+module of a specific architecture. Every load checks the entry against the model's own
+computation (:mod:`utils.checks`), so a wrong entry fails loudly, naming the field to fix.
+
+How attention is reached (through transformers' attention interface, or by hooks around
+attention classes that compute it themselves) is not stored here: it is read off the
+loaded model (:func:`utils.attention.probe_backend`). The fields ``query``, ``value`` and
+``qkv_layout`` are only used for families outside the interface.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
 class ArchSpec:
     layers: str
-    """The ``nn.ModuleList`` of decoder layers."""
+    """The ``nn.ModuleList`` of decoder layers (relative to the model)."""
     attention: str
-    """The attention module (called with ``attention_mask=`` as a keyword)."""
-    attn_update: str
-    """The module whose output is added to the residual stream by the attention branch
-    (the attention module itself, or a norm applied after it, as in Gemma 2/3)."""
+    """The attention module: called with ``attention_mask=`` as a keyword; for families
+    outside the attention interface its output is (update, probabilities)."""
     attn_out: str
     """The attention output projection; its input holds the per-head outputs."""
-    query: str
-    """The module whose output holds the queries (used for uniform attention)."""
-    query_layout: str
-    """``"plain"`` (output is all heads' queries), ``"fused_qkv"`` (GPT-2's c_attn:
-    [q | k | v]) or ``"neox_qkv"`` (GPT-NeoX: per head [q | k | v])."""
-    mlp: str
+    attn_update: str
+    """The module whose output is the attention update added to the residual stream: the
+    output projection, or a norm applied after it (Gemma 2/3, OLMo 2). Not the attention
+    module where that module adds the residual itself (Bloom)."""
     mlp_update: str
-    """The module whose output is added to the residual stream by the MLP branch."""
-    mlp_out: str
-    """The MLP output projection; its input is the vector of MLP coefficients."""
+    """The module whose output is the MLP update added to the residual stream."""
+    mlp_out: str | None
+    """The MLP output projection; its input is the vector of MLP coefficients. None where
+    there is no single one (a mixture of experts): the official MLP knockout, which zeroes
+    the coefficients, is then refused."""
     final_norm: str
+    """The norm before the output head (relative to the model)."""
+    attn_post_norm: str | None = None
+    """A norm between the attention output projection and the residual stream (Gemma 2/3,
+    OLMo 2): a head's share of the update passes through it."""
     parallel_block: bool = False
-    """Attention and MLP both read the same input (GPT-J, GPT-NeoX with parallel residual)."""
-    gated_mlp: bool = False
-    sliding_window: bool = False
-    attention_interface: bool = True
-    """The attention module dispatches through transformers' ``AttentionInterface``.
-    When False, attention knockout falls back to rewriting the mask with a pre-hook."""
+    """Attention and MLP both read the layer's input (GPT-J, GPT-NeoX, Phi, Falcon, Cohere):
+    informational; the analyses read both updates the same way either way."""
+    query: str | None = None
+    """Families outside the attention interface: the module whose output holds the queries
+    (for the official uniform-attention knockout)."""
     value: str | None = None
-    """The value projection (all heads, unfused), for families without the attention
-    interface: their value vectors are read from its output instead."""
+    """Families outside the attention interface: the module whose output holds the values."""
+    qkv_layout: str = "separate"
+    """How ``query``/``value`` outputs are laid out: ``separate``, ``concat`` ([q | k | v]),
+    ``per_head`` (per head [q | k | v]) or ``grouped`` (per key-value group)."""
+    notes: str = ""
+    """What does not carry over to this family, said where a user looks."""
 
+
+FIELD_HELP = {
+    "layers": "the ModuleList of decoder layers, relative to the model (e.g. 'model.layers')",
+    "attention": "the attention module inside a layer (e.g. 'self_attn')",
+    "attn_out": "the attention output projection; its input holds the per-head outputs (e.g. 'self_attn.o_proj')",
+    "attn_update": "the module whose output is exactly what attention adds to the residual stream (the output "
+                   "projection, or a norm after it; not a module that adds the residual itself)",
+    "mlp_update": "the module whose output is exactly what the MLP adds to the residual stream",
+    "mlp_out": "the MLP output projection, whose input is the MLP's hidden units (None for a mixture of experts)",
+    "final_norm": "the norm before the output head, relative to the model (e.g. 'model.norm')",
+    "attn_post_norm": "a norm between the attention output projection and the residual stream, if any",
+    "query": "outside the attention interface only: the module whose output holds the queries",
+    "value": "outside the attention interface only: the module whose output holds the values",
+    "qkv_layout": "outside the attention interface only: separate, concat ([q|k|v]), per_head or grouped",
+}
+"""What each field means, for error messages."""
 
 _LLAMA_LIKE = dict(
     layers="model.layers",
     attention="self_attn",
-    attn_update="self_attn",
     attn_out="self_attn.o_proj",
-    query="self_attn.q_proj",
-    query_layout="plain",
-    mlp="mlp",
+    attn_update="self_attn.o_proj",
     mlp_update="mlp",
     mlp_out="mlp.down_proj",
     final_norm="model.norm",
-    gated_mlp=True,
 )
+_POST_NORMS = dict(attn_update="post_attention_layernorm", attn_post_norm="post_attention_layernorm",
+                   mlp_update="post_feedforward_layernorm")
 
 REGISTRY: dict[str, ArchSpec] = {
-    "gpt2": ArchSpec(
-        layers="transformer.h",
-        attention="attn",
-        attn_update="attn",
-        attn_out="attn.c_proj",
-        query="attn.c_attn",
-        query_layout="fused_qkv",
-        mlp="mlp",
-        mlp_update="mlp",
-        mlp_out="mlp.c_proj",
-        final_norm="transformer.ln_f",
-    ),
-    "gptj": ArchSpec(
-        layers="transformer.h",
-        attention="attn",
-        attn_update="attn",
-        attn_out="attn.out_proj",
-        query="attn.q_proj",
-        query_layout="plain",
-        mlp="mlp",
-        mlp_update="mlp",
-        mlp_out="mlp.fc_out",
-        final_norm="transformer.ln_f",
-        parallel_block=True,
-        attention_interface=False,
-        value="attn.v_proj",
-    ),
-    "gpt_neox": ArchSpec(
-        layers="gpt_neox.layers",
-        attention="attention",
-        attn_update="attention",
-        attn_out="attention.dense",
-        query="attention.query_key_value",
-        query_layout="neox_qkv",
-        mlp="mlp",
-        mlp_update="mlp",
-        mlp_out="mlp.dense_4h_to_h",
-        final_norm="gpt_neox.final_layer_norm",
-        parallel_block=True,  # the Pythia default (config.use_parallel_residual)
-    ),
+    "gpt2": ArchSpec(layers="transformer.h", attention="attn", attn_out="attn.c_proj", attn_update="attn.c_proj",
+                     mlp_update="mlp", mlp_out="mlp.c_proj", final_norm="transformer.ln_f",
+                     query="attn.c_attn", value="attn.c_attn", qkv_layout="concat"),
+    "gptj": ArchSpec(layers="transformer.h", attention="attn", attn_out="attn.out_proj", attn_update="attn.out_proj",
+                     mlp_update="mlp", mlp_out="mlp.fc_out", final_norm="transformer.ln_f", parallel_block=True,
+                     query="attn.q_proj", value="attn.v_proj"),
+    "gpt_neox": ArchSpec(layers="gpt_neox.layers", attention="attention", attn_out="attention.dense",
+                         attn_update="attention.dense", mlp_update="mlp", mlp_out="mlp.dense_4h_to_h",
+                         final_norm="gpt_neox.final_layer_norm", parallel_block=True,
+                         query="attention.query_key_value", value="attention.query_key_value", qkv_layout="per_head"),
+    "gpt_neo": ArchSpec(layers="transformer.h", attention="attn.attention", attn_out="attn.attention.out_proj",
+                        attn_update="attn.attention.out_proj", mlp_update="mlp", mlp_out="mlp.c_proj",
+                        final_norm="transformer.ln_f", query="attn.attention.q_proj", value="attn.attention.v_proj",
+                        notes="local attention layers keep their window inside the module (its causal buffer)"),
+    "bloom": ArchSpec(layers="transformer.h", attention="self_attention", attn_out="self_attention.dense",
+                      attn_update="self_attention.dense", mlp_update="mlp.dense_4h_to_h", mlp_out="mlp.dense_4h_to_h",
+                      final_norm="transformer.ln_f", value="self_attention.query_key_value", qkv_layout="per_head",
+                      notes="attention and MLP add the residual inside their modules: updates are read at their "
+                            "output projections. ALiBi adds position biases to the scores, so zeroed queries do not "
+                            "give uniform attention: the official attention knockout is refused"),
+    "falcon": ArchSpec(layers="transformer.h", attention="self_attention", attn_out="self_attention.dense",
+                       attn_update="self_attention.dense", mlp_update="mlp", mlp_out="mlp.dense_4h_to_h",
+                       final_norm="transformer.ln_f", parallel_block=True, query="self_attention.query_key_value",
+                       value="self_attention.query_key_value", qkv_layout="concat",
+                       notes="adds the attention output into the MLP output in place (captures are clones)"),
+    "opt": ArchSpec(layers="model.decoder.layers", attention="self_attn", attn_out="self_attn.out_proj",
+                    attn_update="self_attn.out_proj", mlp_update="fc2", mlp_out="fc2",
+                    final_norm="model.decoder.final_layer_norm",
+                    notes="the MLP runs on flattened (B * n, d) tensors inside the decoder layer"),
     "llama": ArchSpec(**_LLAMA_LIKE),
-    "mistral": ArchSpec(**_LLAMA_LIKE, sliding_window=True),
-    "qwen2": ArchSpec(**_LLAMA_LIKE, sliding_window=True),
-    "gemma3_text": ArchSpec(
-        **{
-            **_LLAMA_LIKE,
-            "attn_update": "post_attention_layernorm",
-            "mlp_update": "post_feedforward_layernorm",
-        },
-        sliding_window=True,
-    ),
+    "mistral": ArchSpec(**_LLAMA_LIKE),
+    "qwen2": ArchSpec(**_LLAMA_LIKE),
+    "qwen3": ArchSpec(**_LLAMA_LIKE, notes="queries and keys are RMS-normed per head"),
+    "mixtral": ArchSpec(**{**_LLAMA_LIKE, "mlp_out": None},
+                        notes="the MLP update is the mixture-of-experts block's output"),
+    "cohere": ArchSpec(**_LLAMA_LIKE, parallel_block=True, notes="logits are scaled by config.logit_scale"),
+    "starcoder2": ArchSpec(**{**_LLAMA_LIKE, "mlp_out": "mlp.c_proj"}),
+    "phi": ArchSpec(**{**_LLAMA_LIKE, "attn_out": "self_attn.dense", "attn_update": "self_attn.dense",
+                       "mlp_out": "mlp.fc2", "final_norm": "model.final_layernorm"}, parallel_block=True,
+                    notes="partial rotary embeddings"),
+    "phi3": ArchSpec(**_LLAMA_LIKE, notes="fused qkv and gate_up projections"),
+    "olmo2": ArchSpec(**{**_LLAMA_LIKE, **_POST_NORMS}),
+    "gemma2": ArchSpec(**{**_LLAMA_LIKE, **_POST_NORMS},
+                       notes="attention logits soft-capped; transformers runs it with eager attention only"),
+    "gemma3_text": ArchSpec(**{**_LLAMA_LIKE, **_POST_NORMS}),
 }
 REGISTRY["gemma3"] = REGISTRY["gemma3_text"]  # the multimodal wrapper's text config
+
+_FILL = ("layers", "attention", "attn_out", "attn_update", "mlp_update", "mlp_out", "final_norm", "attn_post_norm")
 
 
 def arch_spec(config) -> ArchSpec:
@@ -121,12 +142,25 @@ def arch_spec(config) -> ArchSpec:
     if model_type in REGISTRY:
         spec = REGISTRY[model_type]
         if model_type == "gpt_neox" and not getattr(config, "use_parallel_residual", True):
-            spec = ArchSpec(**{**spec.__dict__, "parallel_block": False})
+            spec = replace(spec, parallel_block=False)
+        if model_type == "falcon":
+            spec = _falcon(spec, config)
         return spec
     raise NotImplementedError(
-        f"Architecture {model_type!r} is not in utils.registry.REGISTRY (supported: "
-        f"{', '.join(sorted(REGISTRY))}). Add an ArchSpec entry keyed {model_type!r} giving the "
-        "paths of its decoder layers, attention module, attention output projection, query "
-        "projection, MLP, MLP output projection and final norm (print the model to see them), "
-        "and whether its attention dispatches through transformers' AttentionInterface."
+        f"Architecture {model_type!r} is not in utils.registry.REGISTRY (supported: {', '.join(sorted(REGISTRY))}). "
+        f"Add an ArchSpec entry keyed {model_type!r} (print the model to see its module names). The fields that "
+        "decide whether the numbers are right:\n"
+        + "\n".join(f"  {name}: {FIELD_HELP[name]}" for name in _FILL)
+        + "\nThen load the model: its check (utils.checks) verifies the entry against the model's own computation "
+        "and names the field behind any failure."
     )
+
+
+def _falcon(spec: ArchSpec, config) -> ArchSpec:
+    """Falcon has three attention layouts and two block shapes, chosen by its config."""
+    if getattr(config, "new_decoder_architecture", False):
+        layout = "grouped"
+    else:
+        layout = "concat" if getattr(config, "multi_query", True) else "per_head"
+    parallel = getattr(config, "parallel_attn", True) or getattr(config, "new_decoder_architecture", False)
+    return replace(spec, qkv_layout=layout, parallel_block=parallel)
