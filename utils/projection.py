@@ -21,6 +21,7 @@ weights where they actually are: with accelerate's offload, through its own hook
 from __future__ import annotations
 
 import contextlib
+import itertools
 
 import torch
 import torch.nn.functional as F
@@ -49,8 +50,8 @@ def fp32_scores(vectors: Tensor, weight: Tensor, bias: Tensor | None = None) -> 
     x = vectors.to(weight.device).float()
     if weight.dtype == torch.float32:
         return F.linear(x, weight, bias)
-    parts = [F.linear(x, w.float(), None if b is None else b.float())
-             for w, b in zip(weight.split(CHUNK), bias.split(CHUNK) if bias is not None else [None] * len(weight))]
+    biases = bias.split(CHUNK) if bias is not None else itertools.repeat(None)
+    parts = [F.linear(x, w.float(), None if b is None else b.float()) for w, b in zip(weight.split(CHUNK), biases)]
     return torch.cat(parts, dim=-1)
 
 

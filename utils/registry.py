@@ -163,4 +163,7 @@ def _falcon(spec: ArchSpec, config) -> ArchSpec:
     else:
         layout = "concat" if getattr(config, "multi_query", True) else "per_head"
     parallel = getattr(config, "parallel_attn", True) or getattr(config, "new_decoder_architecture", False)
-    return replace(spec, qkv_layout=layout, parallel_block=parallel)
+    spec = replace(spec, qkv_layout=layout, parallel_block=parallel)
+    if getattr(config, "alibi", False):  # zeroed queries are not uniform attention under ALiBi
+        spec = replace(spec, query=None, notes=spec.notes + "; ALiBi: the official attention knockout is refused")
+    return spec
