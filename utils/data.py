@@ -182,11 +182,12 @@ def predict_next_token(lm, prepared: pd.DataFrame, batch_size: int = 32, progres
         top_prob, top = probs.max(-1)
         target_prob = probs.gather(-1, targets[:, None])[:, 0]
         ranks = (probs > target_prob[:, None]).sum(-1)
-        for j, i in enumerate(batch):
-            cols["pred_token_id"][i] = int(top[j])
-            cols["pred_prob"][i] = float(top_prob[j])
-            cols["attribute_prob"][i] = float(target_prob[j])
-            cols["attribute_rank"][i] = int(ranks[j])
+        found = torch.stack([top.double(), top_prob.double(), target_prob.double(), ranks.double()], 1).cpu().tolist()
+        for (pred, pred_prob, attribute_prob, rank), i in zip(found, batch):  # one transfer per batch
+            cols["pred_token_id"][i] = int(pred)
+            cols["pred_prob"][i] = pred_prob
+            cols["attribute_prob"][i] = attribute_prob
+            cols["attribute_rank"][i] = int(rank)
     for name, values in cols.items():
         out[name] = values
     out["pred_token"] = decode_ids(lm, [int(t) for t in out["pred_token_id"]]) if len(out) else []
