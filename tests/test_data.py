@@ -84,7 +84,7 @@ def test_small_fact_set_has_the_dataset_schema():
 def test_bad_fact_file_gets_a_clear_error(tmp_path):
     path = tmp_path / "facts.json"
     path.write_text(json.dumps([{"subject": "x", "prompt": "x is"}]))
-    with pytest.raises(data.DatasetError, match=r"facts.json.*record 0 \(known_id None\): missing known_id"):
+    with pytest.raises(data.DatasetError, match=r"(?s)facts.json.*record 0 \(known_id None\): missing known_id"):
         data.load_facts(path)
 
 
@@ -102,7 +102,7 @@ def _file(tmp_path, content, name="facts.json"):
 def test_duplicate_known_ids_are_refused(tmp_path):
     facts = [dict(f) for f in SMALL[:5]]
     facts[3]["known_id"] = facts[1]["known_id"]
-    with pytest.raises(data.DatasetError, match=r"facts.json.*record 3 \(known_id 1\): duplicate known_id "
+    with pytest.raises(data.DatasetError, match=r"(?s)facts.json.*record 3 \(known_id 1\): duplicate known_id "
                                                 r"\(also record 1\)"):
         data.load_facts(_file(tmp_path, facts))
 

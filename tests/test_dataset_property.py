@@ -32,7 +32,7 @@ def broken_records(draw):
         i = draw(st.integers(0, len(records) - 1))
         field = draw(st.sampled_from(data.FIELDS))
         defect = draw(st.sampled_from(["missing", "wrong type", "empty", "duplicate", "not an object"]))
-        if defect == "missing":
+        if defect == "missing" and isinstance(records[i], dict):
             records[i].pop(field, None)
         elif defect == "wrong type":
             wrong = draw(json_values.filter(

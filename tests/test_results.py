@@ -179,13 +179,37 @@ def test_unknown_weights_never_reuse_a_journal_or_a_cached_table(lm):
     unknown = dataclasses.replace(lm, weights_id="unknown")
     calls = []
     for _ in range(2):
-        results.sweep("demo", unknown, {}, [{"known_id": 0}], lambda it: calls.append(0) or [{"x": 1}],
-                      progress=False)
+        with pytest.warns(UserWarning, match="weights of tiny-llama are unknown"):
+            results.sweep("demo", unknown, {}, [{"known_id": 0}], lambda it: calls.append(0) or [{"x": 1}],
+                          progress=False)
     assert calls == [0, 0]
     counter = []
     for _ in range(2):
-        results.cached_table("t", unknown, {}, lambda: counter.append(1) or pd.DataFrame({"x": [1]}))
+        with pytest.warns(UserWarning, match="weights of tiny-llama are unknown"):
+            results.cached_table("t", unknown, {}, lambda: counter.append(1) or pd.DataFrame({"x": [1]}))
     assert counter == [1, 1]
+
+
+def test_a_sweep_resumes_from_a_cached_known_set(tmp_path):
+    """Journal entries written while the known set was computed are reused when it is read
+    back from its CSV (NaN for None, floats for ints): the item digests agree."""
+    from tiny_models import save_tiny_folder
+
+    from utils import load_model
+    from utils.data import known_set
+
+    lm = load_model(str(save_tiny_folder(tmp_path / "model")), device="cpu")
+    facts = [dict(f) for f in FACTS]
+    facts[3]["subject"] = "Nowhere"  # skipped: NaN token columns, a skip_reason
+    path = _write(tmp_path / "facts.json", facts)
+    for sink in (None, True):
+        calls = []
+        compute = lambda f: calls.append(f["known_id"]) or [{"known_id": f["known_id"]}]  # noqa: E731
+        fresh = known_set(lm, path, prepend_sink=sink)
+        results.sweep(f"demo{sink}", lm, {}, fresh.to_dict("records"), compute, progress=False)
+        cached = known_set(lm, path, prepend_sink=sink)
+        results.sweep(f"demo{sink}", lm, {}, cached.to_dict("records"), compute, progress=False)
+        assert calls == fresh.known_id.tolist()  # each fact once
 
 
 def test_a_model_folder_is_hashed_once(tmp_path, monkeypatch):
