@@ -259,3 +259,18 @@ def test_known_only_says_when_a_model_knows_nothing():
     assert data.known_only(table, "m").known_id.tolist() == [1]
     with pytest.raises(data.NoKnownFacts, match="m knows none of the 2 facts evaluated"):
         data.known_only(table.iloc[[0, 2]], "m")
+
+
+@pytest.mark.parametrize("notebook", sorted((data.PROJECT_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")),
+                         ids=lambda p: p.name)
+def test_every_notebook_refuses_a_bad_n_facts_before_loading_a_model(notebook, tmp_path):
+    """papermill passes `-p n_facts -1` as -1 (and `-r n_facts x` as text): each notebook
+    checks it right after its parameters, before the model (here a name that does not
+    exist) is loaded."""
+    import papermill
+
+    with pytest.raises(papermill.PapermillExecutionError) as err:
+        papermill.execute_notebook(str(notebook), str(tmp_path / notebook.name), cwd=str(notebook.parent),
+                                   parameters={"model": "no-such-model", "n_facts": -1}, kernel_name="python3",
+                                   progress_bar=False)
+    assert err.value.ename == "DatasetError" and "n_facts must be a non-negative integer" in err.value.evalue

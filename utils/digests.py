@@ -74,6 +74,7 @@ def file_sha256(path: str | Path) -> str:
         cache = json.loads(cache_file.read_text())
     except (OSError, ValueError):
         cache = {}
+    cache = {k: v for k, v in cache.items() if os.path.exists(k)}  # forget deleted files (test folders)
     cache[str(path)] = {"stat": signature, "sha256": digest}
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
