@@ -211,3 +211,9 @@ def test_make_reproduce_passes_device_and_dtype_to_prepare():
     out = subprocess.run(["make", "-n", "reproduce", "MODEL=acme/m", "DEVICE=cuda", "DTYPE=bfloat16"],
                          capture_output=True, text=True, cwd=ROOT, check=True).stdout
     assert "-m utils.models prepare acme/m --device cuda --dtype bfloat16" in out
+
+
+@pytest.mark.slow
+def test_an_embedded_model_is_identified_by_its_gguf_checksum(smollm):
+    assert smollm.weights_id == "gguf-sha256:" + EMBEDDED_MODELS["smollm2-135m"].sha256
+    assert smollm.describe()["weights_id"] == smollm.weights_id
