@@ -164,12 +164,11 @@ def validate_records(records, path) -> None:
     for i, record in enumerate(records):
         problems = _record_problems(record)
         known_id = record.get("known_id") if isinstance(record, dict) else None
-        if not problems or all(not p.startswith("known_id") and p != "missing known_id" for p in problems):
-            if isinstance(known_id, int) and not isinstance(known_id, bool):
-                if known_id in first_of:
-                    problems.append(f"duplicate known_id (also record {first_of[known_id]})")
-                else:
-                    first_of[known_id] = i
+        if isinstance(known_id, int) and not isinstance(known_id, bool):
+            if known_id in first_of:
+                problems.append(f"duplicate known_id (also record {first_of[known_id]})")
+            else:
+                first_of[known_id] = i
         if problems:
             label = f"record {i}" if not isinstance(record, dict) else f"record {i} (known_id {known_id!r})"
             bad.append(f"{label}: {'; '.join(problems)}")
