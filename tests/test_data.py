@@ -84,8 +84,90 @@ def test_small_fact_set_has_the_dataset_schema():
 def test_bad_fact_file_gets_a_clear_error(tmp_path):
     path = tmp_path / "facts.json"
     path.write_text(json.dumps([{"subject": "x", "prompt": "x is"}]))
-    with pytest.raises(ValueError, match="lacks the fields"):
+    with pytest.raises(data.DatasetError, match=r"(?s)facts.json.*record 0 \(known_id None\): missing known_id"):
         data.load_facts(path)
+
+
+# --- one validation step for every dataset (issue 9, findings 2, 3 and 4) ---
+
+SMALL = json.loads(data.SMALL_FACTS.read_text())
+
+
+def _file(tmp_path, content, name="facts.json"):
+    path = tmp_path / name
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    return path
+
+
+def test_duplicate_known_ids_are_refused(tmp_path):
+    facts = [dict(f) for f in SMALL[:5]]
+    facts[3]["known_id"] = facts[1]["known_id"]
+    with pytest.raises(data.DatasetError, match=r"(?s)facts.json.*record 3 \(known_id 1\): duplicate known_id "
+                                                r"\(also record 1\)"):
+        data.load_facts(_file(tmp_path, facts))
+
+
+def test_one_bad_record_is_named(tmp_path):
+    facts = [dict(f) for f in SMALL[:5]]
+    facts[2]["subject"] = None
+    del facts[4]["template"]
+    with pytest.raises(data.DatasetError) as err:
+        data.load_facts(_file(tmp_path, facts))
+    message = str(err.value)
+    assert "facts.json" in message and "record 2 (known_id 2): subject is null" in message
+    assert "record 4 (known_id 4): missing template" in message
+
+
+@pytest.mark.parametrize("content, says", [
+    ("[{\"known_id\": 0,", "is not valid JSON (line 1"),
+    ("", "is not valid JSON"),
+    ("[]", "holds no facts"),
+    ('{"known_id": 0}', "must be a JSON list of fact records, not an object"),
+    ("[1, 2]", "record 0: a number, not an object"),
+    ('[{"known_id": "0", "subject": "a", "attribute": "b", "template": "{} c", "prompt": "a c", '
+     '"relation_id": "P1"}]', "record 0 (known_id '0'): known_id must be an integer"),
+    ('[{"known_id": true, "subject": "a", "attribute": "b", "template": "{} c", "prompt": "a c", '
+     '"relation_id": "P1"}]', "known_id must be an integer, not true"),
+    ('[{"known_id": 0, "subject": " ", "attribute": "b", "template": "{} c", "prompt": "a c", '
+     '"relation_id": "P1"}]', "subject is an empty string"),
+])
+def test_malformed_datasets_get_the_project_error(tmp_path, content, says):
+    with pytest.raises(data.DatasetError, match="facts.json") as err:
+        data.load_facts(_file(tmp_path, content))
+    assert says in str(err.value)
+
+
+def test_a_missing_file_is_a_dataset_error(tmp_path):
+    with pytest.raises(data.DatasetError, match="no-such.json"):
+        data.load_facts(tmp_path / "no-such.json")
+
+
+@pytest.mark.parametrize("bad", [-1, -5, 1.5, "ten", "-1", True, [3]])
+def test_n_facts_must_be_a_non_negative_integer(bad):
+    with pytest.raises(data.DatasetError, match="n_facts must be a non-negative integer"):
+        data.load_facts("small", bad)
+    with pytest.raises(data.DatasetError, match="n_facts must be a non-negative integer"):
+        data.known_set(object(), "small", bad)  # refused before the model is touched
+
+
+@pytest.mark.parametrize("given, n, kept", [(0, 0, 50), (None, 0, 50), (3, 3, 3), ("3", 3, 3), (3.0, 3, 3),
+                                           ("0", 0, 50), (500, 500, 50)])
+def test_n_facts_from_papermill_or_python(given, n, kept):
+    assert data.check_n_facts(given) == n
+    assert len(data.load_facts("small", given)) == kept
+
+
+def test_known_set_records_the_n_facts_it_used(tmp_path):
+    from tiny_models import save_tiny_folder
+
+    from utils import load_model
+    from utils.results import output_dir
+
+    lm = load_model(str(save_tiny_folder(tmp_path / "model")), device="cpu")
+    table = data.known_set(lm, "small", "4")  # as papermill may pass it
+    meta = json.loads((output_dir("results", lm.name) / "facts_evaluated.meta.json").read_text())
+    assert len(table) == 4 and meta["params"]["n_facts"] == 4
+    assert meta["params"]["dataset_sha256"] == hashlib.sha256(data.SMALL_FACTS.read_bytes()).hexdigest()
 
 
 def test_download_checks_sha256(tmp_path):
@@ -177,3 +259,18 @@ def test_known_only_says_when_a_model_knows_nothing():
     assert data.known_only(table, "m").known_id.tolist() == [1]
     with pytest.raises(data.NoKnownFacts, match="m knows none of the 2 facts evaluated"):
         data.known_only(table.iloc[[0, 2]], "m")
+
+
+@pytest.mark.parametrize("notebook", sorted((data.PROJECT_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")),
+                         ids=lambda p: p.name)
+def test_every_notebook_refuses_a_bad_n_facts_before_loading_a_model(notebook, tmp_path):
+    """papermill passes `-p n_facts -1` as -1 (and `-r n_facts x` as text): each notebook
+    checks it right after its parameters, before the model (here a name that does not
+    exist) is loaded."""
+    import papermill
+
+    with pytest.raises(papermill.PapermillExecutionError) as err:
+        papermill.execute_notebook(str(notebook), str(tmp_path / notebook.name), cwd=str(notebook.parent),
+                                   parameters={"model": "no-such-model", "n_facts": -1}, kernel_name="python3",
+                                   progress_bar=False)
+    assert err.value.ename == "DatasetError" and "n_facts must be a non-negative integer" in err.value.evalue

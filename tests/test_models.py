@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 from tiny_models import ARCHITECTURES, tiny_hf_model, tiny_model
@@ -5,6 +7,8 @@ from tiny_models import ARCHITECTURES, tiny_hf_model, tiny_model
 from utils import load_model, project
 from utils.models import EMBEDDED_MODELS, resolve_dtype
 from utils.registry import REGISTRY, arch_spec
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -137,3 +141,96 @@ def test_a_model_that_fits_goes_on_one_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (500_000, 80_000_000))
     assert not _fits_one_gpu(config, torch.float32, torch.device("cuda:0"))
     assert _fits_one_gpu(config, torch.float16, torch.device("cuda:0"))  # half the bytes
+
+
+# --- devices and `prepare` (issue 9, findings 6 and 7) ---
+
+def test_cuda_on_a_machine_without_cuda_is_an_error(monkeypatch):
+    from utils.models import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu") and resolve_device("cpu") == torch.device("cpu")
+    for device in ("cuda", "cuda:0"):
+        with pytest.raises(RuntimeError, match="DEVICE=cuda.*no CUDA device.*DEVICE=auto or DEVICE=cpu"):
+            resolve_device(device)
+    with pytest.raises(RuntimeError, match="no CUDA device"):
+        load_model("smollm2-135m", device="cuda")  # refused before anything is loaded
+    with pytest.raises(ValueError, match="Unknown device 'gpu'"):
+        resolve_device("gpu")
+
+
+def test_a_cuda_index_beyond_the_gpus_is_an_error(monkeypatch):
+    from utils.models import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(RuntimeError, match="cuda:2.*2 CUDA devices"):
+        resolve_device("cuda:2")
+
+
+@pytest.fixture
+def fake_hub(tmp_path, monkeypatch):
+    """snapshot_download replaced by a copy of a tiny saved model; loading weights fails the test."""
+    import huggingface_hub
+    import transformers
+    from tiny_models import save_tiny_folder
+
+    saved = save_tiny_folder(tmp_path / "saved")
+    calls = []
+
+    def snapshot_download(repo_id, allow_patterns=None, ignore_patterns=None, **kwargs):
+        import fnmatch
+        import shutil
+
+        calls.append({"repo_id": repo_id, "allow_patterns": allow_patterns, "ignore_patterns": ignore_patterns})
+        dest = tmp_path / "snapshot"
+        dest.mkdir(exist_ok=True)
+        for file in saved.iterdir():
+            if any(fnmatch.fnmatch(file.name, p) for p in allow_patterns or ["*"]):
+                shutil.copy(file, dest / file.name)
+        return str(dest)
+
+    def no_load(*args, **kwargs):
+        pytest.fail("prepare loaded the model's weights")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_load)
+    return calls
+
+
+def test_prepare_only_downloads_a_hub_model(fake_hub, capsys):
+    from utils.models import main
+
+    main(["prepare", "acme/big-model", "--device", "cpu", "--dtype", "float16"])
+    assert [c["repo_id"] for c in fake_hub] == ["acme/big-model"]
+    allowed = fake_hub[0]["allow_patterns"]
+    assert "*.safetensors" in allowed and "*.json" in allowed and "*.bin" not in allowed
+    assert fake_hub[0]["ignore_patterns"] == ["*/*"]  # no onnx/, original/ or other sub-folders
+    out = capsys.readouterr().out
+    assert "acme/big-model" in out and "llama" in out and "float16" in out and "cpu" in out
+
+
+def test_prepare_checks_device_and_dtype_before_downloading(fake_hub, monkeypatch):
+    from utils.models import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="no CUDA device"):
+        main(["prepare", "acme/big-model", "--device", "cuda", "--dtype", "float16"])
+    with pytest.raises(ValueError, match="Unknown dtype"):
+        main(["prepare", "acme/big-model", "--device", "cpu", "--dtype", "float8"])
+    assert fake_hub == []
+
+
+def test_make_reproduce_passes_device_and_dtype_to_prepare():
+    import subprocess
+
+    out = subprocess.run(["make", "-n", "reproduce", "MODEL=acme/m", "DEVICE=cuda", "DTYPE=bfloat16"],
+                         capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    assert "-m utils.models prepare acme/m --device cuda --dtype bfloat16" in out
+
+
+@pytest.mark.slow
+def test_an_embedded_model_is_identified_by_its_gguf_checksum(smollm):
+    assert smollm.weights_id == "gguf-sha256:" + EMBEDDED_MODELS["smollm2-135m"].sha256
+    assert smollm.describe()["weights_id"] == smollm.weights_id

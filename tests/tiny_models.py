@@ -100,3 +100,34 @@ def tiny_model(arch: str, backend: str = "sdpa", dtype=torch.float32, seed: int 
 def prompt(n: int = 10, seed: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(3, COMMON["vocab_size"], (1, n), generator=g)
+
+
+def tiny_tokenizer():
+    """A small byte-level BPE tokenizer trained offline on a few sentences (any text encodes)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = ["The Eiffel Tower is located in the city of Paris.", "Beats Music is owned by Apple.",
+              "Marshall Islands speak Marshallese and English."] * 20
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<bos>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", unk_token="<unk>")
+
+
+def save_tiny_folder(folder, seed: int = 0, tokenizer=None):
+    """A tiny random Llama and its tokenizer saved in Hugging Face format (as a hub download
+    or a fine-tuned checkpoint would be), to load by path with ``load_model``. Saving again
+    with another seed swaps the weights and keeps everything else."""
+    tokenizer = tokenizer or tiny_tokenizer()
+    config = transformers.LlamaConfig(
+        num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
+        max_position_embeddings=64, vocab_size=len(tokenizer), initializer_range=0.5, bos_token_id=1,
+        eos_token_id=0, pad_token_id=0)
+    torch.manual_seed(seed)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

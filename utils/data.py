@@ -32,6 +32,12 @@ class SubjectNotFound(ValueError):
     pass
 
 
+class DatasetError(ValueError):
+    """A dataset that cannot be used as it is (unreadable, not JSON, not a list of valid
+    fact records, duplicate ids), or an ``n_facts`` that is not a non-negative integer.
+    The message names the file and the first offending records."""
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -69,7 +75,7 @@ def known_1000_path(path: str | Path | None = None) -> Path:
         if not path.exists():
             raise FileNotFoundError(f"known_1000.json not found at {path}")
         if _sha256(path) != KNOWN_1000_SHA256:
-            raise ValueError(f"{path} is not the known_1000.json this project expects (sha256 mismatch)")
+            raise DatasetError(f"{path} is not the known_1000.json this project expects (sha256 mismatch)")
         return path
     from .models import cache_dir
 
@@ -80,23 +86,124 @@ def known_1000_path(path: str | Path | None = None) -> Path:
                               "known_1000.json, or use dataset='small' (make: DATASET=small).") from err
 
 
+SHOWN_PROBLEMS = 5
+"""How many offending records a :class:`DatasetError` lists."""
+
+
+def check_n_facts(n_facts) -> int:
+    """``n_facts`` as a non-negative integer (0 = all facts). Accepts what papermill or make
+    may pass (``"20"``, ``20.0``, ``None`` for all); anything else is a :class:`DatasetError`
+    (``-1`` would silently drop the last fact)."""
+    value = n_facts
+    if value is None:
+        return 0
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    elif isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise DatasetError(f"n_facts must be a non-negative integer (0 = all facts), not {n_facts!r}")
+    return value
+
+
+def dataset_path(source: str | Path = "known_1000") -> Path:
+    """Where a dataset is: ``"known_1000"`` (see :func:`known_1000_path`), ``"small"``, or a
+    path (relative paths also from the project root)."""
+    if str(source) == "known_1000":
+        return known_1000_path()
+    if str(source) == "small":
+        return SMALL_FACTS
+    path = Path(source)
+    if not path.is_absolute() and not path.exists():
+        path = PROJECT_ROOT / path
+    if not path.is_file():
+        raise DatasetError(f"dataset {str(source)!r}: no such file ({path}); use 'known_1000', 'small' or a path "
+                           "to a JSON list of facts")
+    return path
+
+
+def _kind(value) -> str:
+    if value is None:
+        return "null"
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list",
+             dict: "an object"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _record_problems(record) -> list[str]:
+    if not isinstance(record, dict):
+        return [f"{_kind(record)}, not an object"]
+    problems = []
+    for field in FIELDS:
+        if field not in record:
+            problems.append(f"missing {field}")
+            continue
+        value = record[field]
+        if value is None:
+            problems.append(f"{field} is null")
+        elif field == "known_id":
+            if isinstance(value, bool) or not isinstance(value, int):
+                problems.append(f"known_id must be an integer, not {json.dumps(value)}")
+        elif not isinstance(value, str):
+            problems.append(f"{field} must be a string, not {_kind(value)}")
+        elif not value.strip():
+            problems.append(f"{field} is an empty string")
+    return problems
+
+
+def validate_records(records, path) -> None:
+    """One validation step for every dataset: a non-empty JSON list of objects, each with
+    the six fields (``known_id`` an integer, the others non-empty strings), ``known_id``
+    unique. Raises :class:`DatasetError` naming the file and the first offending records."""
+    if not isinstance(records, list):
+        raise DatasetError(f"{path} must be a JSON list of fact records, not {_kind(records)} "
+                           f"(each record with {', '.join(FIELDS)})")
+    if not records:
+        raise DatasetError(f"{path} holds no facts (an empty list)")
+    bad, first_of = [], {}
+    for i, record in enumerate(records):
+        problems = _record_problems(record)
+        known_id = record.get("known_id") if isinstance(record, dict) else None
+        if isinstance(known_id, int) and not isinstance(known_id, bool):
+            if known_id in first_of:
+                problems.append(f"duplicate known_id (also record {first_of[known_id]})")
+            else:
+                first_of[known_id] = i
+        if problems:
+            label = f"record {i}" if not isinstance(record, dict) else f"record {i} (known_id {known_id!r})"
+            bad.append(f"{label}: {'; '.join(problems)}")
+    if bad:
+        more = f"\n  ... and {len(bad) - SHOWN_PROBLEMS} more" if len(bad) > SHOWN_PROBLEMS else ""
+        raise DatasetError(f"{path}: {len(bad)} of {len(records)} records are not valid facts (each needs "
+                           f"{', '.join(FIELDS)}; known_id a unique integer, the others non-empty strings):\n  "
+                           + "\n  ".join(bad[:SHOWN_PROBLEMS]) + more)
+
+
+def _read_facts(source, n_facts) -> tuple[pd.DataFrame, str]:
+    """The validated facts (the first ``n_facts``; 0 = all) and the sha256 of the file's bytes."""
+    n = check_n_facts(n_facts)
+    path = dataset_path(source)
+    try:
+        raw = Path(path).read_bytes()
+        records = json.loads(raw.decode("utf-8"))
+    except OSError as err:
+        raise DatasetError(f"cannot read the dataset {path}: {err}") from err
+    except UnicodeDecodeError as err:
+        raise DatasetError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start})") from err
+    except json.JSONDecodeError as err:
+        raise DatasetError(f"{path} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from err
+    except RecursionError as err:
+        raise DatasetError(f"{path} is nested too deeply to be a list of facts") from err
+    validate_records(records, path)
+    facts = pd.DataFrame.from_records(records)
+    return (facts.head(n).reset_index(drop=True) if n else facts), hashlib.sha256(raw).hexdigest()
+
+
 def load_facts(source: str | Path = "known_1000", n_facts: int | None = None) -> pd.DataFrame:
     """Facts as a DataFrame: ``"known_1000"``, ``"small"`` (this project's set) or a path
-    to a JSON list with the same fields. ``n_facts`` keeps the first n records."""
-    if str(source) == "known_1000":
-        path = known_1000_path()
-    elif str(source) == "small":
-        path = SMALL_FACTS
-    else:
-        path = Path(source)
-        if not path.is_absolute() and not path.exists():
-            path = PROJECT_ROOT / path
-    records = json.loads(Path(path).read_text())
-    facts = pd.DataFrame.from_records(records)
-    missing = [f for f in FIELDS if f not in facts.columns]
-    if missing:
-        raise ValueError(f"{path} lacks the fields {missing} (expected {list(FIELDS)})")
-    return facts.head(n_facts) if n_facts else facts
+    to a JSON list with the same fields, validated (:func:`validate_records`; a bad file is
+    a :class:`DatasetError`). ``n_facts`` keeps the first n records (0 or None: all)."""
+    return _read_facts(source, n_facts)[0]
 
 
 def subject_positions(spans: list[tuple[int, int]], prompt: str, subject: str) -> list[int]:
@@ -231,10 +338,13 @@ def known_set(lm, dataset="known_1000", n_facts: int | None = None, prepend_sink
     """The evaluated facts of ``lm`` (see :func:`build_known_set`), saved as
     ``results/<model>/facts_evaluated.csv`` (``facts_evaluated_sink.csv`` with
     ``prepend_sink=True``, which can change predictions) and reused by every notebook with
-    the same parameters. :func:`known_only` selects the known facts."""
+    the same parameters, the same dataset bytes (their sha256 is part of the key) and the
+    same weights. :func:`known_only` selects the known facts. The dataset and ``n_facts``
+    are validated first: a bad one fails before the model runs or anything is written."""
     from .results import cached_table
 
-    params = {"dataset": str(dataset), "n_facts": n_facts or None, "prepend_sink": prepend_sink}
+    facts, sha256 = _read_facts(dataset, n_facts)
+    params = {"dataset": str(dataset), "dataset_sha256": sha256, "n_facts": check_n_facts(n_facts) or None,
+              "prepend_sink": prepend_sink}
     name = "facts_evaluated_sink" if prepend_sink else "facts_evaluated"
-    return cached_table(name, lm, params,
-                        lambda: build_known_set(lm, load_facts(dataset, n_facts or None), prepend_sink, batch_size))
+    return cached_table(name, lm, params, lambda: build_known_set(lm, facts, prepend_sink, batch_size))

@@ -27,6 +27,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .checks import summary
 from .hooks import execution_device
+from .digests import state_dict_identity, weights_identity
 from .registry import ArchSpec, arch_spec
 
 
@@ -167,9 +168,26 @@ def convert_embedded(name: str) -> Path:
 
 
 def resolve_device(device: str | None = "auto") -> torch.device:
+    """``"auto"`` is cuda when torch sees a GPU, else cpu. A device asked for by name must
+    exist: ``cuda`` on a machine without CUDA is an error, never a silent CPU run."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"Unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from err
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(
+                f"DEVICE={device} was asked for, but torch sees no CUDA device on this machine (torch "
+                f"{torch.__version__}, built {'for CUDA ' + torch.version.cuda if torch.version.cuda else 'for CPU only'})."
+                " Use DEVICE=auto or DEVICE=cpu to run on the CPU, or install a CUDA build of torch.")
+        count = torch.cuda.device_count()
+        if resolved.index is not None and resolved.index >= count:
+            raise RuntimeError(f"DEVICE={device}: this machine has {count} CUDA devices (cuda:0 .. cuda:{count - 1})")
+    elif resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError(f"DEVICE={device} was asked for, but torch sees no MPS device; use DEVICE=auto or cpu")
+    return resolved
 
 
 def resolve_dtype(dtype) -> torch.dtype:
@@ -203,6 +221,9 @@ class LoadedModel:
     check: dict | None = None
     """The outcome of the model check run at load (:mod:`utils.checks`)."""
     cache: dict = field(default_factory=dict, repr=False)
+    weights_id: str = "unknown"
+    """What the weights are, by content (:mod:`utils.digests`): part of every result's key, so
+    swapped weights never reuse results; ``"unknown"`` never reuses any."""
 
     @property
     def config(self):
@@ -299,6 +320,7 @@ class LoadedModel:
             "attention_backend": getattr(self.attention_backend, "name", None),
             "offloaded": is_offloaded(self.model),
             "model_check": summary(self.check),
+            "weights_id": self.weights_id,
         }
 
 
@@ -417,14 +439,19 @@ def load_model(
     model.eval().requires_grad_(False)
     tokenizer = AutoTokenizer.from_pretrained(source)
     lm = LoadedModel(name=name, model=model, tokenizer=tokenizer, arch=spec, attn_backend=attn_backend,
-                     sink_token=embedded.sink_token if embedded else None)
+                     sink_token=embedded.sink_token if embedded else None,
+                     weights_id=weights_identity(source, config, embedded.sha256 if embedded else None))
     return _finish(lm, check)
 
 
 def wrap_model(model, tokenizer, name: str | None = None, sink_token: str | None = None,
-               check: bool = True) -> LoadedModel:
+               weights_id: str | None = None, check: bool = True) -> LoadedModel:
     """Use an already loaded HF model (switching it to this project's attention functions
-    where its family goes through transformers' attention interface)."""
+    where its family goes through transformers' attention interface).
+
+    ``weights_id`` defaults to a sha256 of the model's state dict (a few seconds per GB),
+    or ``"unknown"`` when its weights cannot be read, with which no result is ever reused.
+    """
     from .attention import register_attention_functions
 
     register_attention_functions()
@@ -441,27 +468,70 @@ def wrap_model(model, tokenizer, name: str | None = None, sink_token: str | None
                 continue
     model.eval().requires_grad_(False)
     lm = LoadedModel(name=name or model.config.name_or_path or model.config.model_type, model=model,
-                     tokenizer=tokenizer, arch=spec, attn_backend=backend, sink_token=sink_token)
+                     tokenizer=tokenizer, arch=spec, attn_backend=backend, sink_token=sink_token,
+                     weights_id=weights_id or state_dict_identity(model))
     return _finish(lm, check)
 
 
+HUB_FILES = ("*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken")
+"""What a causal LM needs from a hub repository: config, tokenizer and safetensors weights
+(``*.bin`` only when a repository has no safetensors). Sub-folders (onnx/, original/, ...)
+and other frameworks' weights (TF, Flax, Rust) are not downloaded."""
+
+
+def _snapshot_download(repo: str, patterns) -> Path:
+    import huggingface_hub
+
+    try:
+        return Path(huggingface_hub.snapshot_download(repo, allow_patterns=list(patterns), ignore_patterns=["*/*"]))
+    except Exception as err:  # offline, unknown repository, gated model, network errors
+        raise ValueError(
+            f"Cannot download model {repo!r} from the Hugging Face hub ({err.__class__.__name__}: {err}). "
+            f"The embedded models ({', '.join(EMBEDDED_MODELS)}) need no network.") from err
+
+
+def prepare(name: str, device: str | None = "auto", dtype="float32") -> Path:
+    """Get a model's files ready before a run, without loading it: an embedded model is
+    converted once (small, on the CPU); a hub model is only downloaded (its config,
+    tokenizer and weights, into the Hugging Face cache). ``device`` and ``dtype`` are
+    checked first (``cuda`` on a machine without CUDA fails here, before gigabytes are
+    downloaded), and the architecture is checked against the registry."""
+    torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
+    if name in EMBEDDED_MODELS:
+        path = convert_embedded(name)
+    elif Path(name).is_dir():
+        path = Path(name)
+    else:
+        path = _snapshot_download(_hub_id(name), HUB_FILES)
+        if not any(path.glob("*.safetensors")):
+            path = _snapshot_download(_hub_id(name), ("*.bin", "*.bin.index.json"))
+    config = transformers.AutoConfig.from_pretrained(path)
+    text_config = getattr(config, "text_config", None) or config
+    arch_spec(text_config)  # an unsupported family fails now, not in the first notebook
+    weights = [f for f in path.iterdir() if f.suffix in (".safetensors", ".bin", ".gguf")]
+    size = sum(f.stat().st_size for f in weights) / 1e9
+    print(f"{name}: {text_config.model_type}, {getattr(text_config, 'num_hidden_layers', '?')} layers; "
+          f"files in {path} ({size:.2f} GB of weights on disk); the notebooks will load it in "
+          f"{str(torch_dtype).replace('torch.', '')} on {torch_device}")
+    return path
+
+
 def main(argv=None) -> None:
-    """``python -m utils.models prepare NAME``: fetch and convert a model ahead of a run."""
+    """``python -m utils.models prepare NAME [--device D] [--dtype T]``: fetch (and for an
+    embedded model convert) a model ahead of a run, without loading it."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m utils.models")
     parser.add_argument("command", choices=["prepare", "list"])
     parser.add_argument("name", nargs="?", default="gemma-3-270m")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (checked, not used)")
+    parser.add_argument("--dtype", default="float32", help="float32, float16 or bfloat16 (checked, not used)")
     args = parser.parse_args(argv)
     if args.command == "list":
         for key, entry in EMBEDDED_MODELS.items():
             print(f"{key:16s} {entry.description}")
         return
-    if args.name in EMBEDDED_MODELS:
-        print("converted weights at", convert_embedded(args.name))
-    else:
-        lm = load_model(args.name, device="cpu")
-        print("loaded", lm.describe())
+    prepare(args.name, args.device, args.dtype)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,15 @@
 
 Every experiment writes a tidy table (one row per fact x condition x layer) to
 ``results/<model>/<name>.csv`` with a ``<name>.meta.json`` beside it: model, dtype,
-attention backend, package versions, git commit and the parameters. A sweep appends
-each finished fact to a journal keyed by a hash of everything that determines the
-numbers, so an interrupted run continues where it stopped, and a run with a changed
-parameter starts a new journal instead of reusing stale rows.
+attention backend, the weights' identity, package versions (and whether they are the
+locked ones), git commit and the parameters. A sweep appends each finished fact to a
+journal keyed by a hash of everything that determines the numbers -- the parameters and
+the weights' identity (:mod:`utils.digests`), not only the model's name -- so an
+interrupted run continues where it stopped, and a run with a changed parameter or other
+weights starts a new journal instead of reusing stale rows. Each journal entry carries a
+digest of its fact's content: a fact edited in the dataset is computed again, while the
+unchanged ones are reused (also across ``n_facts`` values). A model whose weights are
+``"unknown"`` never reuses a journal or a cached table.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import json
 import os
 import platform
 import subprocess
+import warnings
 from importlib import metadata as _md
 from pathlib import Path
 from typing import Callable, Iterable
@@ -69,11 +75,15 @@ def versions() -> dict[str, str]:
 
 
 def run_metadata(lm, params: dict) -> dict:
-    """What a reader needs to know to trust and reproduce a table."""
+    """What a reader needs to know to trust and reproduce a table. ``lock`` says whether
+    the installed packages are the exact versions of ``requirements.lock``."""
+    from .environment import lock_status
+
     return {
         **lm.describe(),
         "params": params,
         "versions": versions(),
+        "lock": lock_status(),
         "git_commit": git_commit(),
         "machine": f"{platform.machine()} {os.cpu_count()} cpus",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -81,9 +91,44 @@ def run_metadata(lm, params: dict) -> dict:
 
 
 def _key(lm, name: str, params: dict) -> str:
-    ident = {k: v for k, v in lm.describe().items() if k != "device"}
+    """A hash of the table's name, its parameters and the model: its structure, dtype,
+    attention backend and the identity of its weights (``weights_id``). Where the weights sit
+    (device, offload) and the model check's measured errors do not change the numbers."""
+    ident = {k: v for k, v in lm.describe().items() if k not in ("device", "offloaded", "model_check")}
     blob = json.dumps({"name": name, "model": ident, "params": params, "schema": SCHEMA_VERSION},
                       sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _reusable(lm, what: str) -> bool:
+    """Results of a model whose weights are unknown are never reused (they may be others)."""
+    if getattr(lm, "weights_id", "unknown") != "unknown":
+        return True
+    warnings.warn(f"the weights of {lm.name} are unknown (see utils.digests): {what} is computed afresh, "
+                  "nothing saved before is reused", stacklevel=3)
+    return False
+
+
+def _canonical(value):
+    """A value as JSON would hold it, the same whether a table was just computed or read
+    back from its CSV (numpy scalars, NaN/None, integral floats, tuples)."""
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) or (hasattr(value, "tolist") and getattr(value, "ndim", 0) > 0):
+        return [_canonical(v) for v in (value.tolist() if hasattr(value, "tolist") else value)]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def item_digest(item: dict) -> str:
+    """The digest a sweep journal stores with each item's rows: an entry is reused only
+    for an item with the same content (same fact, same tokens, same prediction)."""
+    blob = json.dumps(_canonical(item), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -134,9 +179,10 @@ def load_table(name: str, model: str, expect_key: str | None = None) -> pd.DataF
 
 
 def cached_table(name: str, lm, params: dict, compute: Callable[[], pd.DataFrame]) -> pd.DataFrame:
-    """Load ``name`` if it was saved with these parameters, else compute and save it."""
+    """Load ``name`` if it was saved with these parameters and these weights, else compute
+    and save it."""
     key = _key(lm, name, params)
-    df = load_table(name, lm.name, expect_key=key)
+    df = load_table(name, lm.name, expect_key=key) if _reusable(lm, name) else None
     if df is None:
         df = compute()
         save_table(df, name, lm, params, key)
@@ -155,30 +201,41 @@ def sweep(
     """Run ``compute(item) -> rows`` for every item, resumably, and save the tidy table.
 
     Finished items are appended to ``results/<model>/.journal/<name>-<key>.jsonl`` as
-    they complete; a rerun with the same parameters skips them.
+    they complete, each with a digest of its content; a rerun with the same parameters
+    and weights skips the items whose content is unchanged. Item ids must be unique.
     """
     from tqdm import tqdm
 
     items = list(items)
+    seen: dict = {}
+    for i, item in enumerate(items):
+        if item[id_field] in seen:
+            raise ValueError(f"{name}: duplicate {id_field} {item[id_field]!r} (items {seen[item[id_field]]} and {i}); "
+                             "each item needs its own id, or the journal would mix their rows")
+        seen[item[id_field]] = i
     key = _key(lm, name, params)
     journal = output_dir("results", lm.name) / ".journal" / f"{name}-{key}.jsonl"
     journal.parent.mkdir(exist_ok=True)
+    digests = {it[id_field]: item_digest(it) for it in items}
     done: dict = {}
-    if journal.exists():
+    reusable = _reusable(lm, f"the {name} sweep")
+    if journal.exists() and reusable:
         for line in journal.read_text().splitlines():
             try:
                 entry = json.loads(line)
             except json.JSONDecodeError:  # a line cut short by an interruption
                 continue
-            done[entry["id"]] = entry["rows"]
+            if entry.get("id") in digests and entry.get("digest") == digests[entry["id"]]:
+                done[entry["id"]] = entry["rows"]
     todo = [it for it in items if it[id_field] not in done]
     if done and todo and progress:
         print(f"{name}: resuming, {len(items) - len(todo)} of {len(items)} facts already done")
-    with open(journal, "a") as log:
+    with open(journal, "a" if reusable else "w") as log:  # entries of other items stay for later runs
         for item in tqdm(todo, desc=name, disable=not progress):
             rows = compute(item)
             done[item[id_field]] = rows
-            log.write(json.dumps({"id": item[id_field], "rows": rows}, default=_to_builtin) + "\n")
+            log.write(json.dumps({"id": item[id_field], "digest": digests[item[id_field]], "rows": rows},
+                                 default=_to_builtin) + "\n")
             log.flush()
     table = pd.DataFrame([row for it in items for row in done[it[id_field]]])
     save_table(table, name, lm, params, key)
