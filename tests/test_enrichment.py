@@ -137,10 +137,10 @@ def test_knockout_summary_splits_window_starts_in_thirds():
     assert summary.first_start.tolist() == [0, 2, 4] and summary.last_start.tolist() == [1, 3, 5]
 
 
-def test_peak_summary_reads_plotted_layers():
+def test_peak_summary_counts_layers_from_0():
     rows = [{"position": p, "layer": layer, "attributes_rate": (layer if p == "subject last" else 1.0),
              "control_rate": 0.5} for p in E.POSITIONS for layer in range(4)]
     peaks = E.peak_summary(pd.DataFrame(rows))
-    assert peaks.loc["subject last", "peak_layer"] == 4 and peaks.loc["subject last", "peak_rate"] == 3.0
+    assert peaks.loc["subject last", "peak_layer"] == 3 and peaks.loc["subject last", "peak_rate"] == 3.0
     assert peaks.loc["input last", "rate_at_subject_last_peak"] == 1.0
     assert (peaks.control_at_peak == 0.5).all()

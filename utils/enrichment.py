@@ -267,11 +267,11 @@ def rate_by_layer(table: pd.DataFrame, value: str = "attributes_rate") -> pd.Dat
 
 
 def peak_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Per position: the layer (plotted, 1-based) where the mean rate peaks, its value, the
+    """Per position: the layer (``hidden_states`` index, from 0) where the mean rate peaks, its value, the
     mismatched-subject control there, and the rate at the layer where "subject last" peaks."""
     means, controls = rate_by_layer(table), rate_by_layer(table, "control_rate")
     peak = means.idxmax()
-    return pd.DataFrame({"peak_layer": peak + 1, "peak_rate": means.max(),
+    return pd.DataFrame({"peak_layer": peak, "peak_rate": means.max(),
                          "control_at_peak": [controls.loc[peak[p], p] for p in means.columns],
                          "rate_at_subject_last_peak": means.loc[peak["subject last"]]})
 
