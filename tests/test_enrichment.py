@@ -50,6 +50,7 @@ def test_clean_top_tokens_filters_then_keeps_the_first_ones():
 def test_layers_and_windows_scale_from_the_paper():
     assert E.scaled_layer(48, 40) == 40 and E.scaled_layer(18, 40) == 15 and E.scaled_layer(30, 40) == 25
     assert E.scaled_layer(18, 10) == 4
+    assert E.scaled_layer(2, 40) == 1 and E.scaled_layer(1, 40) == 0  # clamped to a block of a shallow model
     windows = E.knockout_windows(40, 10)
     assert len(windows) == 40 and windows[0] == tuple(range(0, 11))  # the code's 11 layers
     assert windows[35] == tuple(range(35, 40))  # clipped below the representation layer

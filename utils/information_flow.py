@@ -28,6 +28,8 @@ from .interventions import BlockAttention, clean_prefix, first_layer, run, run_l
 SOURCE_SETS = ("subject", "non-subject", "last", "subject-last", "subject-other")
 PAPER_SETS = SOURCE_SETS[:3]
 SINK_CHOICES = ("prepend", "official")
+SINK_WORDS = {"prepend": "sink token first, kept out of every set", "official": "the official code's position sets"}
+"""Each sink choice in words, for captions and titles."""
 
 
 def default_window(n_layers: int) -> int:
@@ -195,7 +197,7 @@ def mean_curves(table: pd.DataFrame) -> pd.DataFrame:
 
 
 __all__ = [
-    "PAPER_SETS", "SINK_CHOICES", "SOURCE_SETS", "default_window", "fact_flags", "flow_of_fact",
+    "PAPER_SETS", "SINK_CHOICES", "SINK_WORDS", "SOURCE_SETS", "default_window", "fact_flags", "flow_of_fact",
     "flow_of_fact_per_example", "information_flow", "knockout_probs", "known_facts", "mean_curves",
     "position_heatmap", "source_sets", "summarize",
 ]
