@@ -69,7 +69,7 @@ def rate_by_position(data, y: str, *, model: str, title: str, ylabel: str, note:
             ax.plot(line.index, line.values, color="0.5", linewidth=1, linestyle="--", label=SUBJECT_LAST_CONTROL)
         else:
             missing += "; no control (it needs two subjects with attribute sets)"
-    ax.legend(title="", fontsize=7)
+    ax.legend(title="", fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     integer_layers(ax, "layer (hidden state entering it; 0 = the embeddings)")
     ax.set(ylabel=ylabel, title=f"{model}: {title}")
     caption(ax, note + missing)
@@ -96,7 +96,9 @@ def sublayer_knockouts(frame, *, model: str, variant: str, repr_layer: int, top_
         labels.append("dotted: the same, another subject's set (control)")
     else:
         missing += "; no control (it needs two subjects with attribute sets)"
-    axes[0].legend(handles, labels, title="", fontsize=7)
+    axes[0].get_legend().remove()
+    fig.legend(handles, labels, title="", fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 1.1), ncol=4,
+               frameon=False)
     axes[0].set(ylabel=f"attributes rate at the output of layer {repr_layer} (%)",
                 title=f"{model}: sublayer knockouts ({variant})")
     sns.lineplot(data=frame, x="start", y="in_top", hue="condition", style="condition", hue_order=hue,

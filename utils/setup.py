@@ -16,6 +16,7 @@ setup cells, and ``python -m utils.setup check`` (and a test) says where they di
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 import re
 import subprocess
 import sys
@@ -83,11 +84,11 @@ class MissingRequirements(ImportError):
     pass
 
 
-def setup(root: str | Path | None = None, colab: bool | None = None) -> Path:
+def setup(root: str | Path | None = None, colab: bool | None = None) -> None:
     """Make the project at ``root`` importable in this kernel and check its dependencies.
 
     In Colab the project is installed first. Elsewhere nothing is installed: a missing
-    dependency is an error that says exactly what to run. Returns the root.
+    dependency is an error that says exactly what to run.
     """
     root = Path(root or ROOT).resolve()
     if str(root) not in sys.path:
@@ -103,10 +104,30 @@ def setup(root: str | Path | None = None, colab: bool | None = None) -> Path:
             f"or create the project's own environment and use it as this notebook's kernel:\n"
             f"    cd \"{root}\" && make venv && .venv/bin/python -m ipykernel install --user --name {KERNEL_NAME}\n"
             f"then choose the kernel \"{KERNEL_NAME}\" (Kernel > Change kernel) and run this cell again.")
-    # transformers imports tqdm.auto, which warns in Jupyter without ipywidgets; our loops
-    # print one line each (utils.progress) and never draw widget bars
+    quiet_known_noise()
+
+
+def quiet_known_noise() -> None:
+    """Silence messages that say nothing to a reader of a notebook (and only those):
+
+    * tqdm's "IProgress not found": transformers imports tqdm.auto, which warns in Jupyter
+      without ipywidgets; this project's loops print one line each (utils.progress) and
+      never draw widget bars;
+    * transformers' notice that ``past_key_values`` becomes ``cache`` (5.40): it concerns
+      the project's code, not the reader's, and is tracked there.
+    """
     warnings.filterwarnings("ignore", message="IProgress not found")
-    return root
+    warnings.filterwarnings("ignore", message="`past_key_values` is deprecated", category=FutureWarning)
+    from transformers.utils import logging as hf_logging
+
+    for handler in hf_logging.get_logger().handlers:  # the library's root logger emits every module's records
+        if not any(isinstance(f, _DropCacheNotice) for f in handler.filters):
+            handler.addFilter(_DropCacheNotice())
+
+
+class _DropCacheNotice(logging.Filter):
+    def filter(self, record) -> bool:
+        return "`past_key_values`/`cache_params` are deprecated" not in str(record.msg)
 
 
 # --------------------------------------------------------------------------------------
