@@ -289,7 +289,8 @@ def knockout_summary(table: pd.DataFrame, parts: int = 3) -> pd.DataFrame:
     means.columns = [kind + (" (control)" if value == "control_rate" else "") for value, kind in means.columns]
     starts = table.start.groupby(part).agg(["min", "max"]).reindex(names)
     columns = ["none", "mlp", "attn", "none (control)", "mlp (control)", "attn (control)"]
-    return means[columns].assign(first_start=starts["min"], last_start=starts["max"])
+    return means.reindex(columns=columns).assign(first_start=starts["min"], last_start=starts["max"])  # a control
+    # needs two subjects; without one its columns stay, empty
 
 
 # --------------------------------------------------------------------------------------
