@@ -107,6 +107,10 @@ def test_knockout_rows_mechanics(tiny):
     assert chunked.attributes_rate.isna().all()
     pd.testing.assert_series_equal(chunked.attribute_rank, rows.attribute_rank)
     assert (rows[rows.sublayer == "mlp"].attribute_rank.values != none.attribute_rank.values).any()
+    # more chunks than window starts (a shallow model): the same rows (was a ValueError on an empty chunk)
+    many = pd.DataFrame(E.knockout_rows(tiny, fact, None, repr_layer, windows, top_k=20, kept=5,
+                                        chunks=len(windows) + 2))
+    pd.testing.assert_series_equal(many.attribute_rank, rows.attribute_rank)
 
 
 def test_enrichment_rows_cover_every_layer_and_position(tiny):

@@ -198,6 +198,7 @@ def knockout_rows(lm, fact: dict, attributes: frozenset[str] | None, repr_layer:
     The clean row is repeated for every start, as in the official table.
     """
     position = int(fact["subject_last"])
+    chunks = max(1, min(chunks, len(windows)))  # a shallow model may have fewer window starts than chunks
     bounds = [round(i * len(windows) / chunks) for i in range(chunks + 1)]
     configs, hidden = [], []
     for lo, hi in zip(bounds, bounds[1:]):
