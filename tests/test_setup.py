@@ -14,6 +14,7 @@ from utils.results import display_path
 
 ROOT = Path(__file__).resolve().parent.parent
 EXECUTED = sorted((ROOT / "executed").glob("*/[0-9][0-9]_*.ipynb"))
+"""The executed notebooks a reader gets: the nbval references and every model's full run."""
 
 
 def test_readme_badges_and_setup_cells_agree_with_pyproject():
