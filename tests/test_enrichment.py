@@ -50,6 +50,7 @@ def test_clean_top_tokens_filters_then_keeps_the_first_ones():
 def test_layers_and_windows_scale_from_the_paper():
     assert E.scaled_layer(48, 40) == 40 and E.scaled_layer(18, 40) == 15 and E.scaled_layer(30, 40) == 25
     assert E.scaled_layer(18, 10) == 4
+    assert E.scaled_layer(2, 40) == 1 and E.scaled_layer(1, 40) == 0  # clamped to a block of a shallow model
     windows = E.knockout_windows(40, 10)
     assert len(windows) == 40 and windows[0] == tuple(range(0, 11))  # the code's 11 layers
     assert windows[35] == tuple(range(35, 40))  # clipped below the representation layer
@@ -106,6 +107,10 @@ def test_knockout_rows_mechanics(tiny):
     assert chunked.attributes_rate.isna().all()
     pd.testing.assert_series_equal(chunked.attribute_rank, rows.attribute_rank)
     assert (rows[rows.sublayer == "mlp"].attribute_rank.values != none.attribute_rank.values).any()
+    # more chunks than window starts (a shallow model): the same rows (was a ValueError on an empty chunk)
+    many = pd.DataFrame(E.knockout_rows(tiny, fact, None, repr_layer, windows, top_k=20, kept=5,
+                                        chunks=len(windows) + 2))
+    pd.testing.assert_series_equal(many.attribute_rank, rows.attribute_rank)
 
 
 def test_enrichment_rows_cover_every_layer_and_position(tiny):
@@ -137,10 +142,10 @@ def test_knockout_summary_splits_window_starts_in_thirds():
     assert summary.first_start.tolist() == [0, 2, 4] and summary.last_start.tolist() == [1, 3, 5]
 
 
-def test_peak_summary_reads_plotted_layers():
+def test_peak_summary_counts_layers_from_0():
     rows = [{"position": p, "layer": layer, "attributes_rate": (layer if p == "subject last" else 1.0),
              "control_rate": 0.5} for p in E.POSITIONS for layer in range(4)]
     peaks = E.peak_summary(pd.DataFrame(rows))
-    assert peaks.loc["subject last", "peak_layer"] == 4 and peaks.loc["subject last", "peak_rate"] == 3.0
+    assert peaks.loc["subject last", "peak_layer"] == 3 and peaks.loc["subject last", "peak_rate"] == 3.0
     assert peaks.loc["input last", "rate_at_subject_last_peak"] == 1.0
     assert (peaks.control_at_peak == 0.5).all()

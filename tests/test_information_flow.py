@@ -131,10 +131,10 @@ def test_summary_finds_the_deepest_drop_and_its_half_range():
                           for s, values in curve.items() for layer, v in enumerate(values) for i in range(3)])
     summary = summarize(table).set_index("source")
     assert summary.loc["subject", "deepest_mean_change"] == pytest.approx(-60)
-    assert summary.loc["subject", "at_layer"] == 4  # layer index 3, counted from 1
-    assert (summary.loc["subject", "half_drop_from"], summary.loc["subject", "half_drop_to"]) == (3, 5)
+    assert summary.loc["subject", "at_layer"] == 3  # layers counted from 0
+    assert (summary.loc["subject", "half_drop_from"], summary.loc["subject", "half_drop_to"]) == (2, 4)
     assert summary.loc["subject", "facts"] == 3
-    assert summary.loc["last", "at_layer"] == summary.loc["last", "half_drop_from"] == 3
+    assert summary.loc["last", "at_layer"] == summary.loc["last", "half_drop_from"] == 2
 
 
 def test_sweep_writes_a_tidy_table_with_flags(tmp_path):

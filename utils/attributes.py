@@ -147,14 +147,14 @@ def build_paragraphs_file(subjects: Iterable[str], source, path: str | Path, k: 
     The file is the official notebook's CSV, so an interrupted build resumes, and the file can
     be shared with (or replaced by one from) other users.
     """
-    from tqdm import tqdm
+    from .progress import progress as progress_line
 
     path = Path(path)
     done = read_paragraphs(path) if path.exists() else pd.DataFrame(columns=["subject", "paragraphs"])
     finished = set(done.subject)
     todo = [s for s in dict.fromkeys(subjects) if s not in finished]
     path.parent.mkdir(parents=True, exist_ok=True)
-    for subject in tqdm(todo, desc="retrieving paragraphs", disable=not progress):
+    for subject in progress_line(todo, "retrieving paragraphs", "subjects", enabled=progress):
         row = build_paragraphs([subject], source, k)
         row.to_csv(path, mode="a", header=not path.exists(), index=False)
     return read_paragraphs(path)

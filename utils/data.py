@@ -206,6 +206,11 @@ def load_facts(source: str | Path = "known_1000", n_facts: int | None = None) ->
     return _read_facts(source, n_facts)[0]
 
 
+def dataset_label(source) -> str:
+    """A dataset as captions name it: ``known_1000``, ``small`` or a file's name (never a path)."""
+    return str(source) if str(source) in ("known_1000", "small") else Path(str(source)).name
+
+
 def subject_positions(spans: list[tuple[int, int]], prompt: str, subject: str) -> list[int]:
     """Token positions covering the first occurrence of ``subject`` in ``prompt``.
 
@@ -269,8 +274,7 @@ def predict_next_token(lm, prepared: pd.DataFrame, batch_size: int = 32, progres
 
     Prompts of equal length are batched together, so no padding is ever involved.
     """
-    from tqdm import tqdm
-
+    from .progress import progress as progress_line
     from .projection import decode_ids
 
     out = prepared.copy()
@@ -282,7 +286,8 @@ def predict_next_token(lm, prepared: pd.DataFrame, batch_size: int = 32, progres
             batches[-1].append(i)
         else:
             batches.append([i])
-    for batch in tqdm(batches, desc="next-token predictions", disable=not progress):
+    for batch in progress_line(batches, f"next-token predictions for {len(out)} prompts", "batches",
+                               enabled=progress):
         ids = torch.tensor([out["input_ids"].iat[i] for i in batch])
         probs = run(lm, ids).probs()
         targets = torch.tensor([int(out["attribute_token"].iat[i]) for i in batch], device=probs.device)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from dataclasses import dataclass
 
 import pandas as pd
 import torch
@@ -78,8 +79,9 @@ def attributes_rate(tokens: list[str], attributes: frozenset[str] | None) -> flo
 
 
 def scaled_layer(n_layers: int, paper_value: int) -> int:
-    """A GPT-2 XL layer count scaled to a model of ``n_layers`` layers (40 of 48 -> 15 of 18)."""
-    return max(1, round(paper_value * n_layers / PAPER_LAYERS))
+    """A GPT-2 XL layer count scaled to a model of ``n_layers`` layers (40 of 48 -> 15 of 18),
+    at least 1 and at most the last block (a 2-layer model reads block 1)."""
+    return min(n_layers - 1, max(1, round(paper_value * n_layers / PAPER_LAYERS)))  # a block of this model
 
 
 def knockout_windows(repr_layer: int, window: int, extra_layer: bool = True) -> list[tuple[int, ...]]:
@@ -200,6 +202,7 @@ def knockout_rows(lm, fact: dict, attributes: frozenset[str] | None, repr_layer:
     The clean row is repeated for every start, as in the official table.
     """
     position = int(fact["subject_last"])
+    chunks = max(1, min(chunks, len(windows)))  # a shallow model may have fewer window starts than chunks
     bounds = [round(i * len(windows) / chunks) for i in range(chunks + 1)]
     configs, hidden = [], []
     for lo, hi in zip(bounds, bounds[1:]):
@@ -266,16 +269,16 @@ def knockout_sweep(lm, facts: pd.DataFrame, attributes: dict[str, frozenset[str]
 def rate_by_layer(table: pd.DataFrame, value: str = "attributes_rate") -> pd.DataFrame:
     """Mean of ``value`` per position (columns) and layer (rows), over facts with a value."""
     layered = table[table.layer >= 0]
-    return layered.pivot_table(index="layer", columns="position", values=value, aggfunc="mean")[
-        [p for p in POSITIONS if p in set(layered.position)]]
+    means = layered.pivot_table(index="layer", columns="position", values=value, aggfunc="mean", dropna=False)
+    return means[[p for p in POSITIONS if p in set(layered.position)]]  # (all-NaN columns kept: a missing control)
 
 
 def peak_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Per position: the layer (plotted, 1-based) where the mean rate peaks, its value, the
+    """Per position: the layer (``hidden_states`` index, from 0) where the mean rate peaks, its value, the
     mismatched-subject control there, and the rate at the layer where "subject last" peaks."""
     means, controls = rate_by_layer(table), rate_by_layer(table, "control_rate")
     peak = means.idxmax()
-    return pd.DataFrame({"peak_layer": peak + 1, "peak_rate": means.max(),
+    return pd.DataFrame({"peak_layer": peak, "peak_rate": means.max(),
                          "control_at_peak": [controls.loc[peak[p], p] for p in means.columns],
                          "rate_at_subject_last_peak": means.loc[peak["subject last"]]})
 
@@ -291,4 +294,45 @@ def knockout_summary(table: pd.DataFrame, parts: int = 3) -> pd.DataFrame:
     means.columns = [kind + (" (control)" if value == "control_rate" else "") for value, kind in means.columns]
     starts = table.start.groupby(part).agg(["min", "max"]).reindex(names)
     columns = ["none", "mlp", "attn", "none (control)", "mlp (control)", "attn (control)"]
-    return means[columns].assign(first_start=starts["min"], last_start=starts["max"])
+    return means.reindex(columns=columns).assign(first_start=starts["min"], last_start=starts["max"])  # a control
+    # needs two subjects; without one its columns stay, empty
+
+
+# --------------------------------------------------------------------------------------
+# Notebook 02's advanced settings
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The paper's settings for §4; layers given as None are the paper's, scaled to the model's depth."""
+
+    top_k: int = 500
+    """Tokens read from each projection (paper: 500)."""
+    kept: int = 50
+    """Clean tokens evaluated (paper: 50)."""
+    representation_layer: int | None = None
+    """The block whose output the knockouts are read at (paper: 40 of GPT-2 XL's 48)."""
+    knockout_window: int | None = None
+    """Layers per knockout window (paper: 10 of 48)."""
+    knockout_extra_layer: bool = True
+    """The official code knocks out one layer more than the window."""
+    knockout_variants: tuple[str, ...] = ("zero", "official")
+    """"zero" removes the update; "official" keeps the MLP bias and makes attention uniform."""
+    knockout_chunks: int = 3
+    """Batches per fact in the knockout sweep (later windows share the layers below)."""
+    example_subjects: tuple[str, ...] = ("Beats Music", "Iron Man", "Roman Republic")
+    """Subjects of the worked examples (the paper's), where the model knows them."""
+    prepend_sink: bool | None = None
+    """As in notebook 00, whose known set is reused."""
+    threads: int = 0
+    """Torch CPU threads; 0 keeps torch's default."""
+
+    def __post_init__(self):
+        for name in ("knockout_variants", "example_subjects"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+
+    def knockout_layers(self, n_layers: int) -> tuple[int, int, list[tuple[int, ...]]]:
+        """The representation layer, the window size and the windows, for a model's depth."""
+        layer = self.representation_layer if self.representation_layer is not None else scaled_layer(n_layers, 40)
+        size = self.knockout_window or scaled_layer(n_layers, PAPER_WINDOW)
+        return layer, size, knockout_windows(layer, size, self.knockout_extra_layer)

@@ -28,6 +28,8 @@ from .interventions import BlockAttention, clean_prefix, first_layer, run, run_l
 SOURCE_SETS = ("subject", "non-subject", "last", "subject-last", "subject-other")
 PAPER_SETS = SOURCE_SETS[:3]
 SINK_CHOICES = ("prepend", "official")
+SINK_WORDS = {"prepend": "sink token first, kept out of every set", "official": "the official code's position sets"}
+"""Each sink choice in words, for captions and titles."""
 
 
 def default_window(n_layers: int) -> int:
@@ -153,7 +155,7 @@ def information_flow(lm, facts: pd.DataFrame, k: int, sink: str = "prepend", set
 def summarize(table: pd.DataFrame) -> pd.DataFrame:
     """Per source set: the deepest mean drop, the window centre where it occurs, and the
     contiguous range of centres around it where the mean drop is at least half as deep.
-    Layers are counted from 1, as in the figures."""
+    Layers are counted from 0, as everywhere in this project (the paper's figures plot l + 1)."""
     rows = []
     for source, group in table.groupby("source", sort=False):
         curve = group.groupby("layer").relative_change.mean()
@@ -166,7 +168,7 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
             while hi + 1 in deep.index and deep[hi + 1]:
                 hi += 1
         rows.append({"source": source, "facts": group.known_id.nunique(), "deepest_mean_change": curve[deepest],
-                     "at_layer": deepest + 1, "half_drop_from": lo + 1, "half_drop_to": hi + 1})
+                     "at_layer": deepest, "half_drop_from": lo, "half_drop_to": hi})
     return pd.DataFrame(rows)
 
 
@@ -189,14 +191,13 @@ def known_facts(lm, dataset="known_1000", n_facts: int | None = None, sink: str 
 
 
 def mean_curves(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean relative change per source set (columns) and window centre (rows, from 1)."""
+    """Mean relative change per source set (columns) and window centre (rows, from 0)."""
     curves = table.pivot_table(index="layer", columns="source", values="relative_change", aggfunc="mean")
-    curves.index = curves.index + 1
     return curves[[s for s in SOURCE_SETS if s in curves.columns]]
 
 
 __all__ = [
-    "PAPER_SETS", "SINK_CHOICES", "SOURCE_SETS", "default_window", "fact_flags", "flow_of_fact",
+    "PAPER_SETS", "SINK_CHOICES", "SINK_WORDS", "SOURCE_SETS", "default_window", "fact_flags", "flow_of_fact",
     "flow_of_fact_per_example", "information_flow", "knockout_probs", "known_facts", "mean_curves",
     "position_heatmap", "source_sets", "summarize",
 ]

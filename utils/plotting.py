@@ -1,4 +1,9 @@
-"""Figures in the paper's style, saved as PNG and PDF under ``figures/<model>/``."""
+"""Figures in the paper's style, saved as PNG and PDF under ``figures/<model>/``.
+
+One visual language: layers counted from 0 (the paper's figures plot l + 1), every figure
+titled with the model, controls in the legend, captions in words, confidence bands only
+where there are at least two facts to draw them from (the caption says so otherwise).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,8 @@ if matplotlib.get_backend().lower() == "agg" or not matplotlib.get_backend():
     matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .results import output_dir  # noqa: E402
 
@@ -31,4 +38,95 @@ def caption(ax, text: str) -> None:
                 fontsize=7, color="0.35", va="top")
 
 
-__all__ = ["plt", "sns", "save_figure", "caption"]
+def bands(n_facts: int):
+    """Seaborn's 95% bootstrap band over facts, or none (and a note) with fewer than two facts."""
+    return (("ci", 95), "") if n_facts >= 2 else (None, "; one fact: no confidence band")
+
+
+def integer_layers(ax, label: str = "layer") -> None:
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel(label)
+
+
+SUBJECT_LAST_CONTROL = "subject last, another subject's attribute set (control)"
+
+
+def rate_by_position(data, y: str, *, model: str, title: str, ylabel: str, note: str, order,
+                     baseline: float | None = None, control: bool = False, band: bool = True):
+    """Notebook 02's curves: one line per position over the layers of ``data`` (rows with
+    ``position``, ``layer`` >= 0 and ``y``), optionally the static-embedding ``baseline`` and
+    the mismatched-subject control of "subject last" (column ``control_rate``)."""
+    curves = data[data.layer >= 0]
+    errorbar, missing = bands(curves.known_id.nunique()) if band else (None, "")
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    sns.lineplot(data=curves, x="layer", y=y, hue="position", style="position", hue_order=order, style_order=order,
+                 errorbar=errorbar, n_boot=200, seed=0, linewidth=2, ax=ax)
+    if baseline is not None:
+        ax.axhline(baseline, color="0.4", linestyle=":", linewidth=1.5, label="static embedding")
+    if control:
+        line = curves[curves.position == "subject last"].groupby("layer").control_rate.mean()
+        if line.notna().any():
+            ax.plot(line.index, line.values, color="0.5", linewidth=1, linestyle="--", label=SUBJECT_LAST_CONTROL)
+        else:
+            missing += "; no control (it needs two subjects with attribute sets)"
+    ax.legend(title="", fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    integer_layers(ax, "layer (hidden state entering it; 0 = the embeddings)")
+    ax.set(ylabel=ylabel, title=f"{model}: {title}")
+    caption(ax, note + missing)
+    return fig
+
+
+def sublayer_knockouts(frame, *, model: str, variant: str, repr_layer: int, top_k: int, note: str):
+    """Notebook 02's knockout figure: the attributes rate at ``repr_layer`` (left) and the
+    share of facts whose attribute is in the top ``top_k`` (right) per window start, for no
+    intervention and MLP / attention windows knocked out; dotted: the control."""
+    hue = ["no intervention", "MLP sublayers", "attention sublayers"]
+    palette = dict(zip(hue, sns.color_palette()))
+    errorbar, missing = bands(frame.known_id.nunique())
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    sns.lineplot(data=frame, x="start", y="attributes_rate", hue="condition", style="condition", hue_order=hue,
+                 style_order=hue, palette=palette, errorbar=errorbar, n_boot=200, seed=0, linewidth=2, ax=axes[0])
+    controls = frame.groupby(["condition", "start"]).control_rate.mean()
+    for condition, line in controls.groupby(level="condition"):
+        line = line.droplevel("condition")
+        axes[0].plot(line.index, line.values, color=palette[condition], linewidth=0.9, alpha=0.7, linestyle=":")
+    handles, labels = axes[0].get_legend_handles_labels()
+    if controls.notna().any():
+        handles.append(Line2D([], [], color="0.4", linewidth=0.9, linestyle=":"))
+        labels.append("dotted: the same, another subject's set (control)")
+    else:
+        missing += "; no control (it needs two subjects with attribute sets)"
+    axes[0].get_legend().remove()
+    fig.legend(handles, labels, title="", fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 1.1), ncol=4,
+               frameon=False)
+    axes[0].set(ylabel=f"attributes rate at the output of layer {repr_layer} (%)",
+                title=f"{model}: sublayer knockouts ({variant})")
+    sns.lineplot(data=frame, x="start", y="in_top", hue="condition", style="condition", hue_order=hue,
+                 style_order=hue, palette=palette, errorbar=None, linewidth=2, ax=axes[1], legend=False)
+    axes[1].set(ylabel=f"attribute token in the top {top_k} (%)", title=f"{model}: the fact's own attribute")
+    for ax in axes:
+        integer_layers(ax, "first knocked-out layer of the window")
+    caption(axes[0], note + missing)
+    return fig
+
+
+def information_flow_curves(data, *, model: str, k: int, groups, title: str, note: str):
+    """Notebook 01's figure: mean relative change per window centre, one panel per group of
+    source sets, 95% bands over facts."""
+    errorbar, missing = bands(data.known_id.nunique())
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4), sharey=True, squeeze=False)
+    for ax, sets in zip(axes[0], groups):
+        part = data[data.source.isin(sets)]
+        sns.lineplot(data=part, x="layer", y="relative_change", hue="source", style="source", hue_order=list(sets),
+                     style_order=list(sets), errorbar=errorbar, seed=0, ax=ax)
+        ax.axhline(0, color="0.3", lw=0.8)
+        integer_layers(ax, f"centre of the {k}-layer window")
+        ax.set_ylabel("% change in prediction probability")
+        sns.move_legend(ax, "lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, title=None, frameon=False)
+    fig.suptitle(f"{model}: {title}", y=1.04)
+    caption(axes[0][0], note + missing)
+    return fig
+
+
+__all__ = ["bands", "caption", "information_flow_curves", "integer_layers", "plt", "rate_by_position",
+           "save_figure", "sns", "sublayer_knockouts"]

@@ -204,7 +204,7 @@ def sweep(
     they complete, each with a digest of its content; a rerun with the same parameters
     and weights skips the items whose content is unchanged. Item ids must be unique.
     """
-    from tqdm import tqdm
+    from .progress import progress as progress_line
 
     items = list(items)
     seen: dict = {}
@@ -228,10 +228,10 @@ def sweep(
             if entry.get("id") in digests and entry.get("digest") == digests[entry["id"]]:
                 done[entry["id"]] = entry["rows"]
     todo = [it for it in items if it[id_field] not in done]
-    if done and todo and progress:
-        print(f"{name}: resuming, {len(items) - len(todo)} of {len(items)} facts already done")
+    resumed = len(items) - len(todo)
+    note = f" ({resumed} more from an earlier run)" if resumed else ""
     with open(journal, "a" if reusable else "w") as log:  # entries of other items stay for later runs
-        for item in tqdm(todo, desc=name, disable=not progress):
+        for item in progress_line(todo, name, note=note, enabled=progress):
             rows = compute(item)
             done[item[id_field]] = rows
             log.write(json.dumps({"id": item[id_field], "digest": digests[item[id_field]], "rows": rows},
@@ -240,6 +240,17 @@ def sweep(
     table = pd.DataFrame([row for it in items for row in done[it[id_field]]])
     save_table(table, name, lm, params, key)
     return table
+
+
+def display_path(path) -> str:
+    """A path as a reader should see it: relative to the project (``results/gemma-3-270m/x.csv``),
+    or to the output root when ``$DISSECT_OUTPUT_ROOT`` puts outputs elsewhere; never the
+    absolute path of the machine that ran the notebook."""
+    path = Path(path).resolve()
+    for root in (PROJECT_ROOT, output_root().resolve()):
+        if path.is_relative_to(root):
+            return str(path.relative_to(root))
+    return path.name
 
 
 def _to_builtin(value):
