@@ -155,7 +155,7 @@ def crawl(browser, base: str, screenshot: Path | None = None) -> dict:
             problems.append(f"link to {target}#{fragment} {where}: no such anchor")
     page.close()
     problems += [f"request outside the site: {u}" for u in outside] + [f"script error: {e}" for e in errors]
-    return {"pages": [u for u in ids if u.endswith(".html")], "images": images, "links": links, "math": math,
+    return {"pages": [u for u in ids if u.endswith(".html") and status[u] == 200], "images": images, "links": links, "math": math,
             "problems": problems}
 
 
