@@ -1,4 +1,5 @@
 # Two commands: `make reproduce` runs every notebook for MODEL; `make test` runs the test suite.
+# `make book` builds the reader's edition (a static site) from the executed notebooks in BOOK_SOURCE.
 PYTHON  ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
@@ -12,6 +13,8 @@ DATASET ?= known_1000
 # committed results); LOCK=0 floats every package but torch to its newest release.
 LOCK    ?= 1
 SLUG     = $(notdir $(MODEL))
+BOOK_SOURCE ?= executed/gemma-3-270m
+BOOK_OUT    ?= build/book
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 PAPERMILL  = $(BIN)/papermill --kernel python3 --cwd notebooks
 
@@ -22,11 +25,12 @@ ifneq ($(KNOWN_1000),)
 export DISSECT_KNOWN_1000 := $(abspath $(KNOWN_1000))
 endif
 
-.PHONY: venv lock reproduce test bench references clean-outputs help
+.PHONY: venv lock book-venv chromium book reproduce test bench references clean-outputs help
 
 help:
 	@echo "make reproduce [MODEL=gemma-3-270m] [N_FACTS=0] [DEVICE=auto] [DTYPE=float32]"
-	@echo "make test        # pytest + the notebooks under nbval"
+	@echo "make test        # pytest + the notebooks under nbval (+ the exercises, the book in headless Chromium)"
+	@echo "make book [BOOK_SOURCE=executed/gemma-3-270m]  # the reader's edition: $(BOOK_OUT)/html/index.html"
 	@echo "make bench       # batched vs per-example attention knockout"
 	@echo "make references  # re-execute the nbval reference notebooks (smollm2-135m, small facts)"
 	@echo "make venv [LOCK=1]  # LOCK=0: newest releases instead of requirements.lock"
@@ -54,6 +58,26 @@ endif
 lock:
 	$(BIN)/python -m utils.environment lock
 
+# the book's extras (Sphinx, myst-nb, sphinx-book-theme, MathJax, playwright): make book and make test need them
+book-venv: $(VENV)/.book-installed
+
+$(VENV)/.book-installed: $(VENV)/.installed-lock$(LOCK) pyproject.toml
+ifeq ($(LOCK),0)
+	$(BIN)/pip install --quiet -e ".[dev,book]"
+else
+	$(BIN)/pip install --quiet -c requirements.lock -e ".[dev,book]"
+endif
+	touch $@
+
+# Debian's Chromium for the browser test (playwright drives it; it never downloads a browser of its own)
+chromium:
+	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null \
+	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium > /dev/null; } \
+	  || { echo "Chromium is missing: install Debian's package (sudo apt-get install chromium)"; exit 1; }
+
+book: book-venv
+	$(BIN)/python -m utils.book --source $(BOOK_SOURCE) --out $(BOOK_OUT)
+
 reproduce: venv
 	@case "$(N_FACTS)" in ''|*[!0-9]*) echo "N_FACTS must be a non-negative integer (0 = all facts), not '$(N_FACTS)'"; exit 2;; esac
 	$(BIN)/python -m utils.models prepare $(MODEL) --device $(DEVICE) --dtype $(DTYPE)
@@ -66,9 +90,9 @@ reproduce: venv
 	@echo "executed notebooks: executed/$(SLUG)/  figures: figures/$(SLUG)/  results: results/$(SLUG)/"
 
 TEST_OUT := $(CURDIR)/.test-outputs
-test: venv
+test: venv book-venv chromium
 	rm -rf $(TEST_OUT)
-	DISSECT_OUTPUT_ROOT=$(TEST_OUT) $(BIN)/python -m pytest tests executed/reference \
+	DISSECT_REQUIRE_BOOK=1 DISSECT_OUTPUT_ROOT=$(TEST_OUT) $(BIN)/python -m pytest tests executed/reference \
 	  --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:randomly
 
 bench: venv
