@@ -644,3 +644,36 @@ def paper_column(claims: pd.DataFrame | None = None) -> pd.Series:
     text = claims.groupby("claim", sort=False).apply(
         lambda g: "; ".join(f"{row.text} [{row.tag}]" for row in g.itertuples()), include_groups=False)
     return text.reindex(list(CLAIMS)).fillna("")
+
+
+# --------------------------------------------------------------------------------------
+# Curves on relative depth, for the cross-model figures (one row per fact x layer)
+
+
+def flow_by_depth(r: ModelResults) -> pd.DataFrame | None:
+    """Information flow: relative change (%) when the last position cannot attend to the
+    subject or the non-subject positions, per fact and window centre."""
+    t = r.table("information_flow_prepend")
+    if t is None or r.n_layers is None:
+        return None
+    t = t[t.source.isin(["non-subject", "subject"])]
+    return t[["known_id", "source", "layer", "relative_change"]].assign(model=r.model, depth=depth(t.layer, r.n_layers))
+
+
+def attributes_by_depth(r: ModelResults) -> pd.DataFrame | None:
+    """Attributes rate (%) at the last subject token per fact with an attribute set and layer."""
+    t = r.table("attributes_rate")
+    if t is None or r.n_layers is None:
+        return None
+    t = t[(t.position == "subject last") & (t.layer >= 0) & t.attributes_rate.notna()]
+    return t[["known_id", "layer", "attributes_rate"]].assign(model=r.model, depth=depth(t.layer, r.n_layers))
+
+
+def extraction_by_depth(r: ModelResults) -> pd.DataFrame | None:
+    """1 where the attention update at the last position ranks the prediction first (the
+    projection of the model's run), per fact and layer."""
+    t = r.table("extraction_layers")
+    if t is None or r.n_layers is None:
+        return None
+    t = t[(t.measure == "attn") & (t.projection == r.projection)]
+    return t[["known_id", "layer", "value"]].assign(model=r.model, depth=depth(t.layer, r.n_layers))
