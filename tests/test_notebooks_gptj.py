@@ -47,18 +47,27 @@ TABLES = {  # a table each notebook writes, and what it must hold
     "01_information_flow.ipynb": ("information_flow_summary", lambda t, n: len(t) > 0 and t.facts.max() > 0),
     "02_subject_enrichment.ipynb": ("attribute_coverage", lambda t, n: len(t) == n),
     "03_attribute_extraction.ipynb": ("extraction_layers", lambda t, n: t.known_id.nunique() == n),
+    # the ledger spans models (results/ledger.csv): a row for every claim, and claim 7 read from 03's table
+    "04_paper_vs_models.ipynb": ("ledger", lambda t, n: t.claim.nunique() == 13 and (t[t.claim == "7"].n == n).all()),
 }
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory):
+    """One output root for the whole run, as in `make reproduce`: 04 reads what 01-03 wrote."""
+    return tmp_path_factory.mktemp("outputs")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_runs_on_gptj(notebook, random_gptj, tmp_path):
+def test_notebook_runs_on_gptj(notebook, random_gptj, outputs, tmp_path, monkeypatch):
     from utils.results import load_table
 
     folder, facts, n_facts = random_gptj
+    monkeypatch.setenv("DISSECT_OUTPUT_ROOT", str(outputs))
     papermill.execute_notebook(str(notebook), str(tmp_path / notebook.name),
                                parameters={"model": str(folder), "dataset": str(facts)},
                                cwd=str(ROOT / "notebooks"), kernel_name="python3", progress_bar=False)
     name, holds = TABLES[notebook.name]
-    table = load_table(name, str(folder))
+    table = load_table(name, None if name == "ledger" else str(folder))
     assert table is not None and holds(table, n_facts), name

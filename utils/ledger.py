@@ -253,14 +253,15 @@ def _not_measured(claim: str, r: ModelResults, why: str) -> Cell:
 
 def _missing(claim: str, r: ModelResults, name: str) -> Cell | None:
     if r.table(name) is None:
-        return _not_measured(claim, r, f"{name}.csv missing (notebook {TABLES[name]} not run for this model)")
+        when = ", when some head extracts on its own" if name == "extraction_head_mappings" else ""
+        return _not_measured(claim, r, f"{name}.csv missing (written by notebook {TABLES[name]}{when})")
     if r.n_layers is None:
         return _not_measured(claim, r, "number of layers unknown (no .meta.json)")
     return None
 
 
 def _too_few(claim: str, r: ModelResults, n: int, what: str = "facts") -> Cell | None:
-    return _not_measured(claim, r, f"only {n} {what} (< {MIN_FACTS})") if n < MIN_FACTS else None
+    return _not_measured(claim, r, f"{what}: only {n} (< {MIN_FACTS})") if n < MIN_FACTS else None
 
 
 def _verdict(main: bool, rest: bool) -> str:
@@ -576,7 +577,7 @@ def claim_11(r: ModelResults, **boot) -> Cell:
     heads = counts[counts >= MIN_FACTS].index
     if len(heads) == 0:
         most = int(counts.max()) if len(counts) else 0
-        return _not_measured("11", r, f"only {most} facts for the most frequent extracting head (< {MIN_FACTS})")
+        return _not_measured("11", r, f"facts where the most frequent head extracts: only {most} (< {MIN_FACTS})")
     m = m[m.head_id.isin(heads)]
     excess = m.pivot_table(index="known_id", columns="head_id", values="excess")
     top10 = m.assign(top=(m.rank_best < RANK_TOP).astype(float)).pivot_table(
