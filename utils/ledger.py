@@ -220,11 +220,13 @@ class Cell:
     note: str = ""
 
     def rows(self) -> list[dict]:
+        """Long-form rows; a missing measure or note is left empty (None), so the CSV stays plain text."""
+        note = self.note or None
         if not self.measures:
-            return [{"claim": self.claim, "model": self.model, "measure": "", "value": np.nan, "ci_low": np.nan,
-                     "ci_high": np.nan, "n": self.n, "verdict": self.verdict, "note": self.note}]
+            return [{"claim": self.claim, "model": self.model, "measure": None, "value": np.nan, "ci_low": np.nan,
+                     "ci_high": np.nan, "n": self.n, "verdict": self.verdict, "note": note}]
         return [{"claim": self.claim, "model": self.model, "measure": m.name, "value": m.value, "ci_low": m.ci_low,
-                 "ci_high": m.ci_high, "n": m.n, "verdict": self.verdict, "note": self.note} for m in self.measures]
+                 "ci_high": m.ci_high, "n": m.n, "verdict": self.verdict, "note": note} for m in self.measures]
 
 
 def bootstrap(n_facts: int, statistic: Callable[[np.ndarray], float], n_boot: int = N_BOOT,
