@@ -25,10 +25,12 @@ ifneq ($(KNOWN_1000),)
 export DISSECT_KNOWN_1000 := $(abspath $(KNOWN_1000))
 endif
 
-.PHONY: venv lock book-venv chromium book reproduce test bench references clean-outputs help
+.PHONY: venv lock book-venv chromium book reproduce atlas readme test bench references clean-outputs help
 
 help:
 	@echo "make reproduce [MODEL=gemma-3-270m] [N_FACTS=0] [DEVICE=auto] [DTYPE=float32]"
+	@echo "make atlas MODELS=\"smollm2-135m gemma-3-270m\"  # reproduce each model, then notebook 04 over all of them"
+	@echo "make readme      # regenerate the README's findings from results/"
 	@echo "make test        # pytest + the notebooks under nbval (+ the exercises, the book in headless Chromium)"
 	@echo "make book [BOOK_SOURCE=executed/gemma-3-270m]  # the reader's edition: $(BOOK_OUT)/html/index.html"
 	@echo "make bench       # batched vs per-example attention knockout"
@@ -88,6 +90,20 @@ reproduce: venv
 	    -p model $(MODEL) -p n_facts $(N_FACTS) -p dataset $(DATASET) -p device $(DEVICE) -p dtype $(DTYPE); \
 	done
 	@echo "executed notebooks: executed/$(SLUG)/  figures: figures/$(SLUG)/  results: results/$(SLUG)/"
+
+# Every model in MODELS through `make reproduce` (finished sweeps are reused from their journals;
+# N_FACTS, DATASET, DEVICE and DTYPE pass through), then the claims ledger over all of them.
+MODELS ?= $(MODEL)
+atlas: venv
+	set -e; for m in $(MODELS); do $(MAKE) --no-print-directory reproduce MODEL=$$m; done
+	mkdir -p executed/atlas
+	$(PAPERMILL) notebooks/04_paper_vs_models.ipynb executed/atlas/04_paper_vs_models.ipynb \
+	  -p model $(firstword $(MODELS)) -p models "$(MODELS)"
+	@echo "ledger: results/ledger.csv  figures: figures/atlas/  executed notebook: executed/atlas/"
+
+# The README's "What the notebooks find" section, regenerated from results/ (a test checks it is current)
+readme: venv
+	$(BIN)/python -m utils.findings
 
 TEST_OUT := $(CURDIR)/.test-outputs
 test: venv book-venv chromium

@@ -54,7 +54,7 @@ def random_model(request, tmp_path_factory):
     assert len(facts) >= 10
     path = folder / "facts_it_knows.json"
     path.write_text(json.dumps(facts))
-    return folder, path, len(facts)
+    return folder, path, len(facts), tmp_path_factory.mktemp(f"outputs-{request.param}")
 
 
 TABLES = {  # a table each notebook writes, and what it must hold
@@ -62,20 +62,24 @@ TABLES = {  # a table each notebook writes, and what it must hold
     "01_information_flow.ipynb": ("information_flow_summary", lambda t, n: len(t) > 0 and t.facts.max() > 0),
     "02_subject_enrichment.ipynb": ("attribute_coverage", lambda t, n: len(t) == n),
     "03_attribute_extraction.ipynb": ("extraction_layers", lambda t, n: t.known_id.nunique() == n),
+    # the ledger spans models (results/ledger.csv): a row for every claim, and claim 7 read from 03's table
+    "04_paper_vs_models.ipynb": ("ledger", lambda t, n: t.claim.nunique() == 13 and (t[t.claim == "7"].n == n).all()),
 }
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_runs_on_other_families(notebook, random_model, tmp_path):
+def test_notebook_runs_on_other_families(notebook, random_model, tmp_path, monkeypatch):
+    """One output root per model, as in `make reproduce`: notebook 04 reads what 01-03 wrote."""
     from utils.results import load_table
 
-    folder, facts, n_facts = random_model
+    folder, facts, n_facts, outputs = random_model
+    monkeypatch.setenv("DISSECT_OUTPUT_ROOT", str(outputs))
     parameters = {"model": str(folder), "dataset": str(facts)}
     if notebook.name.startswith("01"):  # a random model's predictions change when a sink token is prepended
         parameters.update(sink="official", compare_sink=False)
     papermill.execute_notebook(str(notebook), str(tmp_path / notebook.name), parameters=parameters,
                                cwd=str(ROOT / "notebooks"), kernel_name="python3", progress_bar=False)
     name, holds = TABLES[notebook.name]
-    table = load_table(name, str(folder))
+    table = load_table(name, None if name == "ledger" else str(folder))
     assert table is not None and holds(table, n_facts), name

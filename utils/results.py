@@ -74,20 +74,23 @@ def versions() -> dict[str, str]:
     return found
 
 
-def run_metadata(lm, params: dict) -> dict:
-    """What a reader needs to know to trust and reproduce a table. ``lock`` says whether
-    the installed packages are the exact versions of ``requirements.lock``."""
+def provenance() -> dict:
+    """Package versions, git commit, machine and time of a run. ``lock`` says whether the
+    installed packages are the exact versions of ``requirements.lock``."""
     from .environment import lock_status
 
     return {
-        **lm.describe(),
-        "params": params,
         "versions": versions(),
         "lock": lock_status(),
         "git_commit": git_commit(),
         "machine": f"{platform.machine()} {os.cpu_count()} cpus",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def run_metadata(lm, params: dict) -> dict:
+    """What a reader needs to know to trust and reproduce a table."""
+    return {**lm.describe(), "params": params, **provenance()}
 
 
 def _key(lm, name: str, params: dict) -> str:
@@ -149,21 +152,43 @@ def _jsonable(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     return out, cols
 
 
-def save_table(df: pd.DataFrame, name: str, lm, params: dict, key: str | None = None) -> Path:
-    """Write ``results/<model>/<name>.csv`` and its metadata; returns the CSV path."""
-    folder = output_dir("results", lm.name)
+def _write(df: pd.DataFrame, folder: Path, name: str, meta: dict, **more) -> Path:
+    """``folder/<name>.csv`` (columns a CSV would not round-trip JSON-encoded) and its
+    ``.meta.json``: ``meta``, the table's name and rows, ``more``, the JSON columns."""
     encoded, json_cols = _jsonable(df)
     path = folder / f"{name}.csv"
     encoded.to_csv(path, index=False)
-    meta = {**run_metadata(lm, params), "table": name, "rows": len(df), "key": key or _key(lm, name, params),
-            "json_columns": json_cols}
+    meta = {**meta, "table": name, "rows": len(df), **more, "json_columns": json_cols}
     (folder / f"{name}.meta.json").write_text(json.dumps(meta, indent=1, default=str))
     return path
 
 
-def load_table(name: str, model: str, expect_key: str | None = None) -> pd.DataFrame | None:
-    """A saved table (None if absent, or if it was made with other parameters)."""
-    folder = output_root() / "results" / model_slug(model)
+def save_table(df: pd.DataFrame, name: str, lm, params: dict, key: str | None = None) -> Path:
+    """Write ``results/<model>/<name>.csv`` and its metadata; returns the CSV path."""
+    return _write(df, output_dir("results", lm.name), name, run_metadata(lm, params),
+                  key=key or _key(lm, name, params))
+
+
+def save_cross_model_table(df: pd.DataFrame, name: str, params: dict, inputs: dict) -> Path:
+    """Write ``results/<name>.csv`` for a table that spans models (the claims ledger), with
+    the provenance of a per-model table minus the model, plus ``inputs``: per model, what
+    the table was computed from (e.g. each source table's git commit and key)."""
+    folder = output_root() / "results"
+    folder.mkdir(parents=True, exist_ok=True)
+    return _write(df, folder, name, {"params": params, "inputs": inputs, **provenance()})
+
+
+def load_meta(name: str, model: str | None, root: Path | None = None) -> dict | None:
+    """The ``.meta.json`` of a saved table (``model`` None: a cross-model table), or None."""
+    folder = (root or output_root()) / "results" / ("" if model is None else model_slug(model))
+    path = folder / f"{name}.meta.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def load_table(name: str, model: str | None, expect_key: str | None = None, root: Path | None = None) -> pd.DataFrame | None:
+    """A saved table (None if absent, or if it was made with other parameters); ``model``
+    None reads a cross-model table; ``root`` overrides :func:`output_root`."""
+    folder = (root or output_root()) / "results" / ("" if model is None else model_slug(model))
     path, meta_path = folder / f"{name}.csv", folder / f"{name}.meta.json"
     if not path.exists() or not meta_path.exists():
         return None

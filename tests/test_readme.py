@@ -1,0 +1,58 @@
+"""The README's findings are the results' numbers: regenerating the section from results/
+changes nothing, a number edited by hand is caught, and the committed ledger is what the
+committed raw tables give."""
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from utils import findings, ledger
+from utils.results import PROJECT_ROOT, load_meta, load_table
+
+
+@pytest.fixture(scope="module")
+def readme():
+    return findings.README.read_text()
+
+
+@pytest.fixture(scope="module")
+def section(readme):
+    return findings.render(PROJECT_ROOT)
+
+
+def test_readme_findings_are_generated_from_results(readme, section):
+    """Run `make readme` after the results change."""
+    assert findings.BEGIN in readme and findings.END in readme
+    assert findings.updated(readme, section=section) == readme, "README findings differ from results/: run `make readme`"
+
+
+def test_a_number_edited_in_the_readme_is_caught(readme, section):
+    begin = readme.index(findings.BEGIN)
+    edited = readme[:begin] + readme[begin:].replace("% of facts, MLP updates", "1% of facts, MLP updates", 1)
+    assert edited != readme
+    assert findings.updated(edited, section=section) != edited
+
+
+def test_a_changed_result_changes_the_findings(tmp_path, section):
+    shutil.copytree(PROJECT_ROOT / "results", tmp_path / "results", ignore=shutil.ignore_patterns(".journal"))
+    path = tmp_path / "results" / "gemma-3-270m" / "extraction_patched.csv"
+    table = pd.read_csv(path)
+    table.loc[table.positions == "subject", "extracted"] = 0  # patching the subject now stops every extraction
+    table.to_csv(path, index=False)
+    changed = findings.render(tmp_path)
+    assert changed != section and "cuts extraction from 0.37 to 0.00" in " ".join(changed.split())
+
+
+def test_committed_ledger_is_what_the_raw_tables_give():
+    """results/ledger.csv recomputed from the committed tables (notebook 04 writes it)."""
+    committed = load_table("ledger", None, root=PROJECT_ROOT)
+    params = load_meta("ledger", None, PROJECT_ROOT)["params"]
+    fresh = ledger.build([ledger.ModelResults.load(m, PROJECT_ROOT) for m in params["models"]],
+                         n_boot=params["n_boot"], seed=params["seed"])
+    text = ["claim", "model", "measure", "verdict", "note"]
+    assert committed[text].fillna("").astype(str).equals(fresh[text].fillna("").astype(str))
+    assert not load_meta("ledger", None, PROJECT_ROOT)["json_columns"]  # a plain CSV, readable without the project
+    for column in ("value", "ci_low", "ci_high", "n"):
+        np.testing.assert_allclose(committed[column].astype(float), fresh[column].astype(float), rtol=1e-9)

@@ -1,0 +1,219 @@
+"""The README's "What the notebooks find" section, generated from ``results/``.
+
+Prose that quotes numbers drifts from the numbers when a run changes them. So the section
+between the README's ``<!-- findings:begin -->`` and ``<!-- findings:end -->`` markers is
+:data:`TEMPLATE` filled with values computed here from the committed raw tables and the
+claims ledger (``results/ledger.csv``), never typed by hand. ``python -m utils.findings``
+(``make readme``) rewrites it; ``--check`` exits with 1 and prints the difference when the
+README is not what the results give, which ``tests/test_readme.py`` asserts.
+
+Layers are numbered from 0, as everywhere in the project.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import sys
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+
+from . import ledger
+from .results import PROJECT_ROOT, load_meta, load_table
+
+README = PROJECT_ROOT / "README.md"
+BEGIN, END = "<!-- findings:begin -->", "<!-- findings:end -->"
+MODELS = {"g": "gemma-3-270m", "s": "smollm2-135m"}  # template name -> model
+
+
+def _dip(table: pd.DataFrame, source: str) -> SimpleNamespace:
+    """The deepest point of a mean information-flow curve (0-based window centre, %) and the
+    contiguous centres around it where the mean drop is at least half as deep."""
+    curve = table[table.source == source].groupby("layer").relative_change.mean()
+    at = int(curve.idxmin())
+    deep = curve <= curve[at] / 2
+    lo = hi = at
+    while lo - 1 in deep.index and deep[lo - 1]:
+        lo -= 1
+    while hi + 1 in deep.index and deep[hi + 1]:
+        hi += 1
+    return SimpleNamespace(layer=at, change=float(curve[at]), first=lo, last=hi)
+
+
+def model_values(model: str, root: Path = PROJECT_ROOT) -> SimpleNamespace:
+    """Everything the findings quote for one model, from its raw tables."""
+    def table(name):
+        found = load_table(name, model, root=root)
+        if found is None:
+            raise FileNotFoundError(f"results/{model}/{name}.csv is missing: run the notebooks for {model}")
+        return found
+
+    v = SimpleNamespace(model=model, n_layers=load_meta("extraction_layers", model, root)["n_layers"])
+    layers = table("extraction_layers")
+    v.known = layers.known_id.nunique()
+
+    flow = table("information_flow_prepend")
+    v.relation, v.subject, v.subject_last = (_dip(flow, s) for s in ("non-subject", "subject", "subject-last"))
+    v.official_relation = _dip(table("information_flow_official"), "non-subject")
+
+    rates = table("attributes_rate")
+    rated = rates[rates.attributes_rate.notna()]
+    v.rated = rated.known_id.nunique()
+    means = rated[rated.layer >= 0].pivot_table(index="layer", columns="position", values="attributes_rate")
+    controls = rated[rated.layer >= 0].pivot_table(index="layer", columns="position", values="control_rate")
+    peak = means["subject last"].idxmax()
+    v.ar_peak, v.ar_peak_layer = float(means["subject last"].max()), int(peak)
+    v.ar_control = float(controls.loc[peak, "subject last"])
+    v.ar_last, v.ar_last_layer = float(means["input last"].max()), int(means["input last"].idxmax())
+
+    meta = load_meta("sublayer_knockout_official", model, root)
+    v.repr_layer = meta["params"]["repr_layer"]
+    for variant in ("official", "zero"):
+        ko = table(f"sublayer_knockout_{variant}")
+        early = ko[ko.start < ledger.EARLY_WINDOWS * (ko.start.max() + 1)]
+        rate = early.groupby("sublayer").attributes_rate.mean()
+        setattr(v, variant, SimpleNamespace(none=rate["none"], mlp=rate["mlp"], attn=rate["attn"],
+                                            first=int(early.start.min()), last=int(early.start.max())))
+
+    run = layers[layers.projection == ledger.ModelResults.load(model, root).projection]
+    share = {(p, m): layers[(layers.projection == p) & (layers.measure == m)].groupby("known_id").value.max().mean()
+             for p in ("paper", "logit_lens") for m in ("attn", "mlp")}
+    v.attn, v.mlp = share[("logit_lens", "attn")], share[("logit_lens", "mlp")]
+    v.attn_paper, v.mlp_paper = share[("paper", "attn")], share[("paper", "mlp")]
+    events = run[run.measure == "attn"]
+    per_layer = events.groupby("layer").value.sum()
+    v.attn_top_layer, v.attn_top_share = int(per_layer.idxmax()), per_layer.max() / per_layer.sum()
+
+    patched = table("extraction_patched")
+    first = patched[(patched.positions == "subject") & (patched.source_layer == patched.source_layer.min())]
+    v.patched = first.extracted.mean()
+
+    heads = run[(run.measure == "head") & (run.value == 1)].groupby(["layer", "head"]).size()
+    n_events = len(run[run.measure == "head"].groupby(["known_id", "layer"]))
+    (v.head_layer, v.head), v.head_share = heads.idxmax(), heads.max() / n_events
+    mappings = table("extraction_head_mappings")
+    best = mappings[(mappings.layer == v.head_layer) & (mappings["head"] == v.head)].sort_values(["rank_best", "known_id"]).iloc[0]
+    v.example_subject, v.example_attribute = best.subject, best.attribute.strip()
+
+    blocked = run[(run.measure == "blocked") & (run.condition == "subject") & (run.variant == "renormalised")]
+    v.still = blocked.groupby("known_id").value.max().mean()
+    any_layer = layers[(layers.measure == "blocked_any") & (layers.variant == "official")]
+    v.any_none = any_layer[any_layer.condition == "none"].value.mean()
+    v.any_subject = any_layer[any_layer.condition == "subject"].value.mean()
+    return v
+
+
+def ledger_table(root: Path = PROJECT_ROOT) -> str:
+    """The committed ledger (results/ledger.csv) as a markdown table: per claim and model the
+    main measure, its 95% interval and the verdict."""
+    long = load_table("ledger", None, root=root)
+    if long is None:
+        raise FileNotFoundError("results/ledger.csv is missing: run notebook 04")
+    models = [m for m in MODELS.values() if m in set(long.model)]
+    lines = ["| claim | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+    for claim, group in long.groupby("claim", sort=False):
+        cells = []
+        for model in models:
+            main = group[group.model == model].iloc[0]
+            cells.append(f"not measured ({main.note})" if main.verdict == "not measured" else
+                         f"**{main.verdict}**: {main.value:.3g} [{main.ci_low:.3g}, {main.ci_high:.3g}], n = {main.n}")
+        lines.append(f"| {claim}. {ledger.CLAIM_TEXT[claim]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+TEMPLATE = """\
+Every number below is computed by the notebooks on **{g.model}** ({g.known} known facts of known_1000,
+fp32, CPU) and read back from `results/{g.model}/` by [`utils/findings.py`](utils/findings.py) (`make readme`
+writes this section; a test fails when it differs from the results). Layers are numbered from 0 (the paper's
+figures count from 1). The paper's models are GPT-2 XL and GPT-J; where a finding does not carry over to a
+270M-parameter model, the notebooks say so.
+
+![{g.model} information flow](figures/{g.model}/information_flow.png)
+
+**Information flow (§3, notebook 01).** Blocking the last position from attending to the relation
+(non-subject) positions hurts most around layer {g.relation.layer} of {g.n_layers} ({g.relation.change:.0f}% in the
+prediction's probability), and blocking it from the subject around layers {g.subject.first}–{g.subject.last}
+({g.subject.change:.0f}% at layer {g.subject.layer}); blocking it from itself barely matters. The relation reaches the
+prediction first, then the subject — the paper's ordering ({s.model}: layers {s.relation.layer} and
+{s.subject.layer} of {s.n_layers}). Unlike in the paper, the subject's last token alone carries only part of it
+({g.subject_last.change:.0f}% vs {g.subject.change:.0f}%). The prompt starts with the model's sink token, kept out
+of every position set; `sink="official"` gives the official code's sets, in which Gemma's `<bos>` falls into the
+non-subject set and moves its peak to layer {g.official_relation.layer}.
+
+**Subject enrichment (§4, notebook 02).** With the offline attribute proxy (below; it covers {g.rated} of the
+{g.known} facts), the attributes rate at the last subject token rises in the upper layers to {g.ar_peak:.1f}% at
+layer {g.ar_peak_layer} (another subject's attribute set: {g.ar_control:.1f}%), but the last input position is
+higher ({g.ar_last:.1f}%), unlike the paper's GPT-2 XL. With the official code's knockouts, removing MLP windows
+that start at layers {g.official.first}–{g.official.last} drops the rate at the output of layer {g.repr_layer} from
+{g.official.none:.1f}% to {g.official.mlp:.1f}% while attention windows leave it near {g.official.attn:.0f}% — the
+paper's pattern; with attention updates zeroed instead, early attention windows lower it too
+({g.zero.attn:.1f}%). On {s.model} the rate at the last subject token ({s.ar_peak:.1f}% at its peak) is close to
+the rate against another subject's attribute set ({s.ar_control:.1f}%; claim 5b below): no subject-specific
+enrichment is visible with this proxy.
+
+**Attribute extraction (§5, notebook 03).** Attention updates at the last position rank the prediction first in
+{g.attn:.0%} of facts, MLP updates in {g.mlp:.0%} (logit lens; with the paper's projection {g.attn_paper:.0%} vs
+{g.mlp_paper:.0%}), {g.attn_top_share:.0%} of attention's events in layer {g.attn_top_layer} of {g.n_layers}.
+Patching the embeddings back into the subject positions cuts extraction from {g.attn:.2f} to {g.patched:.2f}. One
+head (layer {g.head_layer}, head {g.head}) carries {g.head_share:.0%} of the events, and its W_V W_O maps subject
+tokens to their attribute (e.g. "{g.example_subject}" → "{g.example_attribute}") far above chance. Unlike in the
+paper, blocking the last position from the subject at the extracting layer leaves {g.still:.0%} of the facts still
+extracting; counted as the official code counts (edges blocked at each layer in turn, an event at any layer, over
+all facts), the share falls only from {g.any_none:.0%} to {g.any_subject:.0%}.
+
+**The claims ledger (notebook 04).** Each claim of the paper, recomputed from the raw tables of each model, with a
+95% bootstrap interval over facts and a verdict from a rule fixed before any number
+([`utils/ledger.py`](utils/ledger.py); `results/ledger.csv`, the paper's values with their sources in
+[`data/paper_claims.csv`](data/paper_claims.csv)):
+
+{ledger}
+
+![information flow on relative depth](figures/atlas/information_flow_by_depth.png)
+"""
+
+
+def _wrap(block: str, width: int = 110) -> str:
+    """A paragraph re-wrapped once its placeholders are filled (tables and images kept)."""
+    if block.startswith(("|", "![")):
+        return block
+    return textwrap.fill(" ".join(block.split()), width, break_long_words=False, break_on_hyphens=False)
+
+
+def render(root: Path = PROJECT_ROOT) -> str:
+    """The section's text from the results under ``root``."""
+    values = {key: model_values(model, root) for key, model in MODELS.items()}
+    text = TEMPLATE.format(ledger=ledger_table(root), **values)
+    return "\n\n".join(_wrap(block) for block in text.strip().split("\n\n")) + "\n"
+
+
+def updated(readme: str, root: Path = PROJECT_ROOT, section: str | None = None) -> str:
+    """``readme`` with the text between the markers replaced by ``section`` (default: :func:`render`)."""
+    head, rest = readme.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{BEGIN}\n{render(root) if section is None else section}{END}{tail}"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if the README differs from the results")
+    args = parser.parse_args(argv)
+    text = README.read_text()
+    new = updated(text)
+    if args.check:
+        if new != text:
+            sys.stdout.writelines(difflib.unified_diff(text.splitlines(True), new.splitlines(True), "README.md",
+                                                       "README.md (from results/)"))
+            return 1
+        print("README findings match results/")
+        return 0
+    README.write_text(new)
+    print("README findings regenerated from results/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
