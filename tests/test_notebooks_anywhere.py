@@ -36,7 +36,13 @@ TABLES = {  # a table each notebook writes
     "01_information_flow.ipynb": "information_flow_summary",
     "02_subject_enrichment.ipynb": "attribute_coverage",
     "03_attribute_extraction.ipynb": "extraction_layers",
+    "04_paper_vs_models.ipynb": "ledger",  # across models: results/ledger.csv
 }
+
+
+def _table_path(root: Path, notebook: str, model: str) -> Path:
+    name = TABLES[notebook]
+    return root / "results" / (f"{name}.csv" if name == "ledger" else f"{model}/{name}.csv")
 
 
 def _environment_without_the_project(tmp: Path) -> dict:
@@ -77,7 +83,7 @@ def test_every_notebook_runs_with_plain_nbconvert_without_the_project_on_one_fac
     assert run.returncode == 0, run.stderr[-4000:]
     for notebook in NOTEBOOKS:
         assert dirty_outputs(out / notebook.name) == [], notebook.name
-        table = copy / "results" / "smollm2-135m" / f"{TABLES[notebook.name]}.csv"
+        table = _table_path(copy, notebook.name, "smollm2-135m")
         assert table.exists(), f"{notebook.name} wrote no {table.name} into the copy it ran from"
 
 
@@ -106,17 +112,21 @@ def two_layer_llama(tmp_path_factory):
     assert len(facts) >= 5
     path = folder / "facts_it_knows.json"
     path.write_text(json.dumps(facts))
-    return folder, path
+    return folder, path, tmp_path_factory.mktemp("two-layer-outputs")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_runs_on_a_two_layer_model(notebook, two_layer_llama, tmp_path):
-    from utils.results import load_table
+def test_notebook_runs_on_a_two_layer_model(notebook, two_layer_llama, tmp_path, monkeypatch):
+    """One output root for all the notebooks, as in `make reproduce`: 04 reads what 01-03 wrote."""
+    from utils.results import output_root
 
-    folder, facts = two_layer_llama
+    folder, facts, outputs = two_layer_llama
+    monkeypatch.setenv("DISSECT_OUTPUT_ROOT", str(outputs))
     executed = tmp_path / notebook.name
     papermill.execute_notebook(str(notebook), str(executed), parameters={"model": str(folder), "dataset": str(facts)},
                                cwd=str(ROOT / "notebooks"), kernel_name="python3", progress_bar=False)
-    assert load_table(TABLES[notebook.name], str(folder)) is not None
+    from utils.results import model_slug
+
+    assert _table_path(output_root(), notebook.name, model_slug(str(folder))).exists()
     assert dirty_outputs(executed, allowed=(str(folder),)) == []  # the model is named by its folder's path
