@@ -5,7 +5,7 @@ Each entry: exercise id -> (the wrong function, a phrase the checker's hint must
 
 import torch
 
-from utils import BlockAttention, run, window as library_window
+from utils import BlockAttention, run
 from utils.attributes import stopwords
 from utils.projection import project, vocabulary
 

@@ -83,7 +83,7 @@ def _nothing_left_loaded(lm):
 def test_interventions_and_captures_equal(pair):
     plain, spread = pair
     ids = torch.tensor([plain.encode(PROMPT)])
-    n, L = ids.shape[1], plain.n_layers
+    n = ids.shape[1]
     clean = run(plain, ids, capture=Capture(resid=True))
     rows = [[], [BlockAttention([1, 2], [n - 1], [1, 2])], [ZeroSublayer("mlp", [1])],
             [ZeroSublayer("attn", [0, 2], variant="official" if plain.arch.query or

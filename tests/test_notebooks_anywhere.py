@@ -25,11 +25,11 @@ from pathlib import Path
 
 import papermill
 import pytest
-import torch
 import transformers
 
 from notebook_checks import dirty_outputs, with_parameters
 from test_notebooks import NOTEBOOKS, ROOT
+from tiny_models import facts_it_knows, saved_random_model
 
 TABLES = {  # a table each notebook writes
     "00_known_facts.ipynb": "facts_evaluated",
@@ -91,27 +91,12 @@ def test_every_notebook_runs_with_plain_nbconvert_without_the_project_on_one_fac
 def two_layer_llama(tmp_path_factory):
     """A random 2-layer Llama in Hugging Face format, and the small facts it 'knows' (each
     fact's attribute set to its own prediction)."""
-    from utils import load_model
-    from utils.models import convert_embedded
-
     folder = tmp_path_factory.mktemp("two-layer-llama")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(convert_embedded("smollm2-135m"))
     config = transformers.LlamaConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4,
                                       num_key_value_heads=2, intermediate_size=128, max_position_embeddings=256,
-                                      vocab_size=len(tokenizer), initializer_range=0.2)
-    torch.manual_seed(0)
-    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    lm = load_model(str(folder), device="cpu")
-    facts = []
-    for fact in json.loads((ROOT / "data" / "facts_small.json").read_text()):
-        top = int(lm.model(input_ids=torch.tensor([lm.encode(fact["prompt"])])).logits[0, -1].argmax())
-        word = lm.tokenizer.decode([top])
-        if word.startswith(" ") and word.strip().isalpha():  # a word the attribute's first token can be
-            facts.append({**fact, "attribute": word.strip()})
-    assert len(facts) >= 5
-    path = folder / "facts_it_knows.json"
-    path.write_text(json.dumps(facts))
+                                      initializer_range=0.2)
+    lm = saved_random_model(folder, config)
+    path, _ = facts_it_knows(lm, folder, minimum=5)
     return folder, path, tmp_path_factory.mktemp("two-layer-outputs")
 
 

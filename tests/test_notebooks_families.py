@@ -9,52 +9,34 @@ and Qwen 3 (per-head query and key norms), added to the registry with the model 
 random model "knows" the facts whose attribute is set to its own prediction.
 """
 
-import json
-
 import papermill
 import pytest
-import torch
 import transformers
 
 from test_notebooks import NOTEBOOKS, ROOT
+from tiny_models import facts_it_knows, saved_random_model
 
 FAMILIES = {
-    "gptj": lambda vocab: transformers.GPTJConfig(n_layer=6, n_embd=64, n_head=4, rotary_dim=8, n_positions=256,
-                                                  vocab_size=vocab, initializer_range=0.2),
-    "gpt_neo": lambda vocab: transformers.GPTNeoConfig(num_layers=6, hidden_size=64, num_heads=4,
+    "gptj": lambda: transformers.GPTJConfig(n_layer=6, n_embd=64, n_head=4, rotary_dim=8, n_positions=256,
+                                                  initializer_range=0.2),
+    "gpt_neo": lambda: transformers.GPTNeoConfig(num_layers=6, hidden_size=64, num_heads=4,
                                                        attention_types=[[["global", "local"], 3]], window_size=8,
-                                                       max_position_embeddings=256, vocab_size=vocab,
+                                                       max_position_embeddings=256,
                                                        initializer_range=0.2),
-    "qwen3": lambda vocab: transformers.Qwen3Config(num_hidden_layers=6, hidden_size=64, num_attention_heads=4,
+    "qwen3": lambda: transformers.Qwen3Config(num_hidden_layers=6, hidden_size=64, num_attention_heads=4,
                                                     num_key_value_heads=2, head_dim=16, intermediate_size=128,
-                                                    max_position_embeddings=256, vocab_size=vocab,
+                                                    max_position_embeddings=256,
                                                     initializer_range=0.2),
 }
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
 def random_model(request, tmp_path_factory):
-    from utils import load_model
-    from utils.models import convert_embedded
-
     folder = tmp_path_factory.mktemp(f"random-{request.param}")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(convert_embedded("smollm2-135m"))
-    torch.manual_seed(0)
-    config = FAMILIES[request.param](len(tokenizer))
-    transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager").save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    lm = load_model(str(folder), device="cpu")
+    lm = saved_random_model(folder, FAMILIES[request.param]())
     assert lm.attention_backend.name == ("mask-hook" if request.param == "gpt_neo" else "interface")
-    facts = []
-    for fact in json.loads((ROOT / "data" / "facts_small.json").read_text()):
-        top = int(lm.model(input_ids=torch.tensor([lm.encode(fact["prompt"])])).logits[0, -1].argmax())
-        word = lm.tokenizer.decode([top])
-        if word.startswith(" ") and word.strip().isalpha():  # a word the attribute's first token can be
-            facts.append({**fact, "attribute": word.strip()})
-    assert len(facts) >= 10
-    path = folder / "facts_it_knows.json"
-    path.write_text(json.dumps(facts))
-    return folder, path, len(facts), tmp_path_factory.mktemp(f"outputs-{request.param}")
+    path, n_facts = facts_it_knows(lm, folder, minimum=10)
+    return folder, path, n_facts, tmp_path_factory.mktemp(f"outputs-{request.param}")
 
 
 TABLES = {  # a table each notebook writes, and what it must hold

@@ -131,3 +131,38 @@ def save_tiny_folder(folder, seed: int = 0, tokenizer=None):
     transformers.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def saved_random_model(folder, config):
+    """A random model of ``config`` saved in Hugging Face format with SmolLM2's tokenizer (the
+    vocabulary sized to it), loaded back by path as a hub model would be."""
+    import transformers
+
+    from utils import load_model
+    from utils.models import convert_embedded
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(convert_embedded("smollm2-135m"))
+    config.vocab_size = len(tokenizer)
+    torch.manual_seed(0)
+    transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager").save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return load_model(str(folder), device="cpu")
+
+
+def facts_it_knows(lm, folder, minimum: int):
+    """The small facts with each attribute set to the model's own prediction (kept where that is
+    a word an attribute's first token can be), written to ``folder``; (path, count)."""
+    import json
+    from pathlib import Path
+
+    facts = []
+    small = Path(__file__).resolve().parent.parent / "data" / "facts_small.json"
+    for fact in json.loads(small.read_text()):
+        top = int(lm.model(input_ids=torch.tensor([lm.encode(fact["prompt"])])).logits[0, -1].argmax())
+        word = lm.tokenizer.decode([top])
+        if word.startswith(" ") and word.strip().isalpha():
+            facts.append({**fact, "attribute": word.strip()})
+    assert len(facts) >= minimum
+    path = Path(folder) / "facts_it_knows.json"
+    path.write_text(json.dumps(facts))
+    return path, len(facts)

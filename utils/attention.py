@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .hooks import ACTIVE, Hooks, first_output, layer_input
+from .hooks import ACTIVE, Hooks, layer_input
 
 # --------------------------------------------------------------------------------------
 # What one forward pass does to one attention module

@@ -90,7 +90,19 @@ def _site_links(text: str, stage: Path) -> str:
             return match.group(0)
         return label if not bang else f"*({label}: not part of this site)*"
 
+    text = re.sub(r"!\[([^\]]*)\]\([a-z]+://[^)\s]+\)", r"\1", text)  # an offline site loads no image from the internet
     return re.sub(r"(!?)\[([^\]]*)\]\(([^)\s]+)\)", link, text)
+
+
+def _copy_notebook(path: Path, dest: Path) -> None:
+    """A notebook for the site: links of its markdown to the repository's files (``../utils/x.py``),
+    which the site does not carry, become plain text."""
+    nb = json.loads(path.read_text())
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "markdown":
+            text = "".join(cell["source"])
+            cell["source"] = re.sub(r"(?<!!)\[([^\]]*)\]\((\.\./[^)\s]+)\)", r"\1", text)
+    dest.write_text(json.dumps(nb, indent=1, ensure_ascii=False))
 
 
 def landing_page(source: Path, notebooks: list[Path], stage: Path) -> str:
@@ -125,9 +137,9 @@ def stage(source: Path, stage_dir: Path) -> Path:
     (stage_dir / "notebooks").mkdir(parents=True)
     (stage_dir / "exercises").mkdir()
     for nb in notebooks:
-        shutil.copy2(nb, stage_dir / "notebooks" / nb.name)
+        _copy_notebook(nb, stage_dir / "notebooks" / nb.name)
     for nb in sorted((PROJECT_ROOT / "exercises").glob("[0-9][0-9]_*_exercises.ipynb")):
-        shutil.copy2(nb, stage_dir / "exercises" / nb.name)
+        _copy_notebook(nb, stage_dir / "exercises" / nb.name)
     shutil.copytree(_mathjax_dir(), stage_dir / "_static" / "mathjax")
     (stage_dir / "conf.py").write_text(CONF.format())
     (stage_dir / "index.md").write_text(landing_page(source, notebooks, stage_dir))

