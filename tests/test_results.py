@@ -224,8 +224,8 @@ def test_a_model_folder_is_hashed_once(tmp_path, monkeypatch):
     folder = save_tiny_folder(tmp_path / "model")
     first = load_model(str(folder), device="cpu").weights_id
     hashed = []
-    real = digests._sha256_file
-    monkeypatch.setattr(digests, "_sha256_file", lambda p: hashed.append(p) or real(p))
+    real = digests.sha256_of_file
+    monkeypatch.setattr(digests, "sha256_of_file", lambda p: hashed.append(p) or real(p))
     assert load_model(str(folder), device="cpu").weights_id == first
     assert hashed == []
     save_tiny_folder(folder, seed=1)
@@ -257,7 +257,7 @@ def test_a_hub_snapshot_is_identified_by_its_revision_and_blob_names(tmp_path, m
         shutil.copy(file, repo / "blobs" / blob)
         (repo / "snapshots" / commit / file.name).symlink_to(f"../../blobs/{blob}")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setattr(digests, "_sha256_file", lambda p: pytest.fail(f"read {p}"))
+    monkeypatch.setattr(digests, "sha256_of_file", lambda p: pytest.fail(f"read {p}"))
     lm = load_model("acme/tiny", device="cpu")
     assert lm.weights_id.startswith(f"hub:acme/tiny@{commit}:")
     again = load_model("acme/tiny", device="cpu")
