@@ -44,7 +44,6 @@ class AttentionEdit:
     """(B, n) True = this query attends uniformly (its query vector is zeroed)."""
     record: list = field(default_factory=list)
     """Callables ``fn(weights=..., values=...)``: weights (B, H, q, k) and values (B, H_kv, k, d)."""
-    layer: int | None = None
     record_empty: object = None
     """Set by the back-end: takes the (B, 1, q) rows a block left without any key."""
 
@@ -187,7 +186,6 @@ class InterfaceBackend:
     """Runs of the last token over a cached prefix are supported."""
 
     def install(self, lm, hooks: Hooks, layer: int, edit: AttentionEdit, active: dict) -> None:
-        edit.layer = layer
         edit.record_empty = lambda emptied: _report_empty_rows(hooks, layer, emptied)
         active[lm.sub(layer, lm.arch.attention)] = edit
 

@@ -34,7 +34,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import Tensor
 
-from .hooks import Hooks, execution_device
+from .hooks import Hooks
 
 
 def _as_tuple(x) -> tuple[int, ...] | None:
@@ -487,5 +487,5 @@ def run_last_position(
 
 __all__ = [
     "BlockAttention", "Capture", "HOST_SECONDS", "Intervention", "PatchHidden", "Prefix", "RunOutput", "ZeroSublayer",
-    "clean_prefix", "execution_device", "first_layer", "intervene", "run", "run_last_position", "window",
+    "clean_prefix", "first_layer", "intervene", "run", "run_last_position", "window",
 ]
