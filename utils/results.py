@@ -173,22 +173,26 @@ def save_cross_model_table(df: pd.DataFrame, name: str, params: dict, inputs: di
     """Write ``results/<name>.csv`` for a table that spans models (the claims ledger), with
     the provenance of a per-model table minus the model, plus ``inputs``: per model, what
     the table was computed from (e.g. each source table's git commit and key)."""
-    folder = output_root() / "results"
+    folder = _results_folder(None, None)
     folder.mkdir(parents=True, exist_ok=True)
     return _write(df, folder, name, {"params": params, "inputs": inputs, **provenance()})
 
 
+def _results_folder(model: str | None, root: Path | None) -> Path:
+    """Where a model's tables are (``model`` None: the tables that span models)."""
+    return (root or output_root()) / "results" / ("" if model is None else model_slug(model))
+
+
 def load_meta(name: str, model: str | None, root: Path | None = None) -> dict | None:
     """The ``.meta.json`` of a saved table (``model`` None: a cross-model table), or None."""
-    folder = (root or output_root()) / "results" / ("" if model is None else model_slug(model))
-    path = folder / f"{name}.meta.json"
+    path = _results_folder(model, root) / f"{name}.meta.json"
     return json.loads(path.read_text()) if path.exists() else None
 
 
 def load_table(name: str, model: str | None, expect_key: str | None = None, root: Path | None = None) -> pd.DataFrame | None:
     """A saved table (None if absent, or if it was made with other parameters); ``model``
     None reads a cross-model table; ``root`` overrides :func:`output_root`."""
-    folder = (root or output_root()) / "results" / ("" if model is None else model_slug(model))
+    folder = _results_folder(model, root)
     path, meta_path = folder / f"{name}.csv", folder / f"{name}.meta.json"
     if not path.exists() or not meta_path.exists():
         return None
