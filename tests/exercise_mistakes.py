@@ -6,8 +6,8 @@ Each entry: exercise id -> (the wrong function, a phrase the checker's hint must
 import torch
 
 from utils import BlockAttention, run
-from utils.attributes import stopwords
-from utils.projection import project, vocabulary
+from utils.core.projection import project, vocabulary
+from utils.paper.attributes import stopwords
 
 
 def subject_positions(spans, prompt, subject):
@@ -31,7 +31,7 @@ def window(center, size, n_layers):
     return [l for l in range(center - size // 2, center + size // 2 + 1) if 0 <= l < n_layers]  # symmetric
 
 
-def source_sets(fact):
+def position_sets(fact):
     last = fact["n_tokens"] - 1
     subject = list(fact["subject_positions"])
     return {"subject": subject, "non-subject": [p for p in range(last) if p not in subject], "last": [last]}  # sink kept
@@ -110,7 +110,7 @@ MISTAKES = {
     "00.2": (attribute_first_token, "leading space"),
     "00.3": (next_token, "not the logit"),
     "01.1": (window, "symmetric window"),
-    "01.2": (source_sets, "sink token"),
+    "01.2": (position_sets, "sink token"),
     "01.3": (knockout_probs, "zero after the softmax"),
     "01.4": (relative_change, "percent"),
     "01.5": (flow_curve, "window(centre"),

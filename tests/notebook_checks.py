@@ -8,7 +8,7 @@ from pathlib import Path
 
 DIRTY = {
     "a progress bar": re.compile(r"\d+%\|[^\n]*\||\d+(\.\d+)?(it/s|s/it)\]"),
-    "a progress line left behind": re.compile(r": \d+ of \d+ [\w ]+ \.\.\.$"),  # utils.progress replaces it
+    "a progress line left behind": re.compile(r": \d+ of \d+ [\w ]+ \.\.\.$"),  # utils.runs.progress replaces it
     "an absolute path": re.compile(r"(?<![\w.~-])(/work/|/tmp/|/root/|/home/|/Users/|/content/|[A-Z]:\\\\)"),
     "IProgress": re.compile(r"IProgress"),
     "a warning": re.compile(r"Warning"),

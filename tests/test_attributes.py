@@ -6,8 +6,8 @@ import urllib.error
 import pandas as pd
 import pytest
 
-from utils import attributes as A
-from utils.attributes import LocalCorpus, Paragraph
+from utils.paper import attributes as A
+from utils.paper.attributes import LocalCorpus, Paragraph
 
 CORPUS = [
     Paragraph("Apple Inc.", "Apple Inc. is an American technology company. Apple makes the iPhone and the Mac."),

@@ -59,7 +59,7 @@ def site(tmp_path_factory) -> Path:
     prefix = _offline_prefix()
     env = {**os.environ, "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
            "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}  # and nowhere to go anyway
-    result = subprocess.run(prefix + [sys.executable, "-m", "utils.book", "--source", str(book_source()),
+    result = subprocess.run(prefix + [sys.executable, "-m", "utils.companion.book", "--source", str(book_source()),
                                       "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     print(f"built from {book_source()} {'with no network (unshare -n)' if prefix else 'with proxies pointing nowhere'}")

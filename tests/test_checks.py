@@ -7,10 +7,11 @@ import pytest
 import torch
 from tiny_models import ARCHITECTURES, tiny_hf_model, tiny_model
 
-from utils import checks
-from utils.attention import InterfaceBackend
-from utils.interventions import Capture, PatchHidden, ZeroSublayer, run
-from utils.models import wrap_model
+from utils.core import checks
+from utils.core.attention import InterfaceAccess
+from utils.core.forward import Capture, run
+from utils.core.interventions import PatchHidden, ZeroSublayer
+from utils.core.models import wrap_model
 
 MASK_HOOK = {"gpt_neo", "falcon", "bloom"}
 """Families whose attention classes compute attention themselves (transformers 5.24)."""
@@ -23,7 +24,7 @@ def test_every_family_passes_the_check_on_load(arch, backend):
     assert lm.check["status"] == "passed", lm.check
     assert set(lm.check["errors"]) == {"clean", "decomposition", "heads", "block", "zero", "patch"}
     assert lm.check["errors"]["clean"] == 0.0  # exactly the stock attention's logits
-    assert lm.attention_backend.name == ("mask-hook" if arch in MASK_HOOK else "interface")
+    assert lm.attention_access.name == ("mask-hook" if arch in MASK_HOOK else "interface")
     assert lm.describe()["model_check"]["status"] == "passed"
 
 
@@ -61,7 +62,7 @@ def test_heads_fail_without_the_post_attention_norm():
 def test_block_fails_when_the_knockout_does_nothing():
     # Bloom computes attention itself: edits handed to the interface back-end never arrive
     lm = broken("bloom")
-    lm.attention_backend = InterfaceBackend()
+    lm.attention_access = InterfaceAccess()
     assert "block" in failed(lm)
 
 
@@ -115,7 +116,7 @@ def test_skipping_the_check_is_recorded():
 def test_check_outcome_is_in_every_tables_metadata(tmp_path):
     import json
 
-    from utils.results import save_table
+    from utils.runs.results import save_table
 
     lm = tiny_model("llama")
     import pandas as pd
@@ -126,7 +127,7 @@ def test_check_outcome_is_in_every_tables_metadata(tmp_path):
 
 
 # --------------------------------------------------------------------------------------
-# What the families added this round needed (each a silent error before)
+# Family quirks that gave wrong numbers without an error, each caught here
 
 
 def test_falcon_capture_is_not_changed_in_place_afterwards():
@@ -149,10 +150,10 @@ def test_load_model_falls_back_to_the_attention_transformers_allows(arch, tmp_pa
     """Gemma 2 refuses sdpa, Bloom any function of ours: loaded by path like a hub id, both run
     (Gemma 2 through our eager function, Bloom through hooks) and pass the check."""
     import transformers
-
     from tiny_models import _configs
+
     from utils import load_model
-    from utils.models import convert_embedded
+    from utils.core.sources import convert_embedded
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(convert_embedded("smollm2-135m"))
     config = _configs()[arch]
@@ -161,14 +162,14 @@ def test_load_model_falls_back_to_the_attention_transformers_allows(arch, tmp_pa
     transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager").save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     lm = load_model(str(tmp_path), device="cpu")
-    assert lm.attn_backend == "eager" and lm.check["status"] == "passed"
-    assert lm.attention_backend.name == ("interface" if arch == "gemma2" else "mask-hook")
+    assert lm.attn_implementation == "eager" and lm.check["status"] == "passed"
+    assert lm.attention_access.name == ("interface" if arch == "gemma2" else "mask-hook")
 
 
 def test_readme_table_of_families_says_what_the_code_does():
     from pathlib import Path
 
-    from utils.checks import capabilities
+    from utils.core.checks import capabilities
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     rows = {}

@@ -6,8 +6,8 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from utils import data
-from utils.models import LoadedModel
+from utils.core.models import LoadedModel
+from utils.paper import facts as data
 
 CORPUS = [
     "The Eiffel Tower is located in the city of Paris.",
@@ -38,7 +38,7 @@ def _trained(kind: str) -> PreTrainedTokenizerFast:
 
 
 def _lm(tokenizer, sink=None):
-    return LoadedModel(name="t", model=None, tokenizer=tokenizer, arch=None, attn_backend="sdpa", sink_token=sink)
+    return LoadedModel(name="t", model=None, tokenizer=tokenizer, arch=None, attn_implementation="sdpa", sink_token=sink)
 
 
 @pytest.mark.parametrize("kind", ["bpe", "sentencepiece"])
@@ -88,7 +88,7 @@ def test_bad_fact_file_gets_a_clear_error(tmp_path):
         data.load_facts(path)
 
 
-# --- one validation step for every dataset (issue 9, findings 2, 3 and 4) ---
+# --- one validation step for every dataset: bad files, bad records, duplicate ids ---
 
 SMALL = json.loads(data.SMALL_FACTS.read_text())
 
@@ -161,7 +161,7 @@ def test_known_set_records_the_n_facts_it_used(tmp_path):
     from tiny_models import save_tiny_folder
 
     from utils import load_model
-    from utils.results import output_dir
+    from utils.runs.results import output_dir
 
     lm = load_model(str(save_tiny_folder(tmp_path / "model")), device="cpu")
     table = data.known_set(lm, "small", "4")  # as papermill may pass it

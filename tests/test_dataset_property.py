@@ -1,5 +1,5 @@
 """Property-based: any malformed dataset ends in the project's own error, never a raw
-TypeError / KeyError / JSONDecodeError, and nothing is written under results/ (issue 9, finding 4)."""
+TypeError / KeyError / JSONDecodeError, and nothing is written under results/."""
 
 import json
 import tempfile
@@ -8,8 +8,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from utils import data
-from utils.results import output_root
+from utils.paper import facts as data
+from utils.paths import output_root
 
 VALID = {"known_id": 0, "subject": "Beats Music", "attribute": "Apple", "template": "{} is owned by",
          "prompt": "Beats Music is owned by", "relation_id": "P127"}
@@ -30,7 +30,7 @@ def broken_records(draw):
     records = _valid_records(draw(st.integers(1, 6)))
     for _ in range(draw(st.integers(1, 3))):
         i = draw(st.integers(0, len(records) - 1))
-        field = draw(st.sampled_from(data.FIELDS))
+        field = draw(st.sampled_from(data.RECORD_FIELDS))
         defect = draw(st.sampled_from(["missing", "wrong type", "empty", "duplicate", "not an object"]))
         if defect == "missing" and isinstance(records[i], dict):
             records[i].pop(field, None)
@@ -97,4 +97,4 @@ def test_every_valid_dataset_loads(n, keep):
         path.write_text(json.dumps(_valid_records(n)))
         facts = data.load_facts(path, keep)
     assert facts.known_id.tolist() == list(range(min(n, keep) if keep else n))
-    assert list(facts.columns) == list(data.FIELDS)
+    assert list(facts.columns) == list(data.RECORD_FIELDS)

@@ -12,12 +12,13 @@ import torch
 import transformers
 from tiny_models import _configs
 
-from utils import enrichment as E
-from utils import extraction as X
 from utils import load_model, project
-from utils.information_flow import flow_of_fact
-from utils.interventions import BlockAttention, Capture, PatchHidden, ZeroSublayer, run, run_last_position
-from utils.models import is_offloaded
+from utils.core import forward
+from utils.core.devices import is_offloaded
+from utils.core.forward import Capture, run, run_last_position
+from utils.core.interventions import BlockAttention, PatchHidden, ZeroSublayer
+from utils.paper import extraction as X
+from utils.paper.information_flow import FlowSettings, flow_of_fact
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "The Eiffel Tower is located in the city of"
@@ -41,7 +42,7 @@ def _device_map(arch: str, n_layers: int) -> dict:
 @pytest.fixture(scope="module", params=["llama", "gpt_neo", "gemma3_text"])
 def pair(request, tmp_path_factory):
     """(the model on one device, the same weights dispatched with disk offload)."""
-    from utils.models import convert_embedded
+    from utils.core.sources import convert_embedded
 
     arch = request.param
     folder = tmp_path_factory.mktemp(f"dispatch-{arch}")
@@ -87,7 +88,7 @@ def test_interventions_and_captures_equal(pair):
     clean = run(plain, ids, capture=Capture(resid=True))
     rows = [[], [BlockAttention([1, 2], [n - 1], [1, 2])], [ZeroSublayer("mlp", [1])],
             [ZeroSublayer("attn", [0, 2], variant="official" if plain.arch.query or
-                          plain.attention_backend.name == "interface" else "zero")],
+                          plain.attention_access.name == "interface" else "zero")],
             [ZeroSublayer("mlp", [2], variant="official")],
             [PatchHidden(2, [1, 2], clean.acts["resid"][0, 0, [1, 2]])]]
     capture = Capture(resid=True, attn=True, mlp=True, heads=True, attn_weights=True, values=True)
@@ -116,7 +117,7 @@ def test_analyses_equal(pair):
     plain, spread = pair
     fact = _fact(plain)
     assert fact["pred_token_id"] == _fact(spread)["pred_token_id"]
-    flow = [flow_of_fact(lm, fact, 2) for lm in (plain, spread)]
+    flow = [flow_of_fact(lm, fact, FlowSettings(2)) for lm in (plain, spread)]
     _close(torch.tensor([r["p_new"] for r in flow[0]]), torch.tensor([r["p_new"] for r in flow[1]]))
     for mode in ("paper", "logit_lens"):
         assert X.extraction_rows(plain, fact, mode) == X.extraction_rows(spread, fact, mode)
@@ -124,12 +125,13 @@ def test_analyses_equal(pair):
     _close(X.value_output(plain, 1, X.token_embeddings(plain, [5, 6, 7])),
            X.value_output(spread, 1, X.token_embeddings(spread, [5, 6, 7])))
     rows = [[], [ZeroSublayer("mlp", [0, 1])], [ZeroSublayer("attn", [1])]]
-    _close(E.hidden_after(plain, fact["input_ids"], rows, 2, 3), E.hidden_after(spread, fact["input_ids"], rows, 2, 3))
+    _close(forward.hidden_after(plain, fact["input_ids"], rows, 2, 3),
+           forward.hidden_after(spread, fact["input_ids"], rows, 2, 3))
     _nothing_left_loaded(spread)  # a pass stopped after layer 2 put the offloaded weights back
     r = X.clean_run(spread, fact)
     hidden = r.resid[1].expand(2, -1, -1)
-    _close(X.attention_update_again(plain, X.clean_run(plain, fact), 1, hidden),
-           X.attention_update_again(spread, r, 1, hidden))
+    _close(forward.attention_update_again(plain, X.clean_run(plain, fact).calls[1], 1, hidden),
+           forward.attention_update_again(spread, r.calls[1], 1, hidden))
     _nothing_left_loaded(spread)
 
 

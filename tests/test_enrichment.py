@@ -1,15 +1,17 @@
 """Attributes rate on hand-made inputs, and the knockout sweep's mechanics on tiny models."""
 
 import math
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 import torch
-
 from tiny_models import prompt, tiny_model
-from utils import Capture, ZeroSublayer, run
-from utils import enrichment as E
+
+from utils import Capture, ZeroSublayer, project, run, token_ranks
+from utils.core.forward import hidden_after
+from utils.paper import enrichment as E
 
 VOCAB = (" Apple", " the", " iPhone", "ab", " banana", " The", "Apple", " Cupertino")
 
@@ -21,7 +23,7 @@ def fake_lm():
 def test_attributes_rate_is_exact_string_overlap_over_the_kept_tokens():
     attributes = frozenset({" Apple", " iPhone", " Cupertino"})
     assert E.attributes_rate([" Apple", " iPhone", " banana", " Cupertino"], attributes) == 75.0
-    # case and the leading space matter (P7)
+    # case and the leading space matter, as in the official code's exact string match
     assert E.attributes_rate([" apple", "Apple", " APPLE", " iPhone"], attributes) == 25.0
     # the official code divides by the list's length and intersects sets
     assert E.attributes_rate([" Apple", " Apple", " banana", " pear"], attributes) == 25.0
@@ -80,10 +82,10 @@ def tiny(request):
 def test_hidden_after_equals_the_captured_residual(tiny):
     fact = tiny_fact(tiny)
     rows = [[], [ZeroSublayer("mlp", (0, 1))], [ZeroSublayer("attn", (1, 2), variant="official")]]
-    ours = E.hidden_after(tiny, fact["input_ids"], rows, layer=2, position=4)
+    ours = hidden_after(tiny, fact["input_ids"], rows, layer=2, position=4)
     ref = run(tiny, fact["input_ids"], rows, capture=Capture(positions=[4], resid=True)).acts["resid"][:, 3, 0]
     torch.testing.assert_close(ours, ref)
-    late = E.hidden_after(tiny, fact["input_ids"], [[ZeroSublayer("mlp", (2,))]], layer=2, position=4)
+    late = hidden_after(tiny, fact["input_ids"], [[ZeroSublayer("mlp", (2,))]], layer=2, position=4)
     ref = run(tiny, fact["input_ids"], [[ZeroSublayer("mlp", (2,))]], capture=Capture(positions=[4], resid=True))
     torch.testing.assert_close(late, ref.acts["resid"][:, 3, 0])  # shared prefix below layer 2
 
@@ -92,31 +94,32 @@ def test_knockout_rows_mechanics(tiny):
     fact = tiny_fact(tiny)
     repr_layer = tiny.n_layers - 1
     windows = E.knockout_windows(repr_layer, 1)
+    settings = E.Settings(top_k=20, kept=5, representation_layer=repr_layer, knockout_window=1, knockout_chunks=1)
+    assert settings.knockout_layers(tiny.n_layers) == (repr_layer, 1, windows)
     everything = frozenset(f" tok{i}" for i in range(tiny.config.vocab_size))
-    rows = pd.DataFrame(E.knockout_rows(tiny, fact, everything, repr_layer, windows, top_k=20, kept=5))
+    rows = pd.DataFrame(E.knockout_rows(tiny, fact, everything, settings=settings))
     assert len(rows) == 3 * len(windows)
     assert (rows.groupby("sublayer").start.nunique() == len(windows)).all()
     assert (rows.attributes_rate == 100).all()  # every token is an "attribute" here
     none = rows[rows.sublayer == "none"]
     assert none.attribute_rank.nunique() == 1  # one clean row, repeated per start
     # the clean row's rank is the rank in the clean representation
-    clean = E.hidden_after(tiny, fact["input_ids"], [[]], repr_layer, 4)
-    assert none.attribute_rank.iat[0] == int(E.token_ranks(E.project(tiny, clean), 5)[0])
+    clean = hidden_after(tiny, fact["input_ids"], [[]], repr_layer, 4)
+    assert none.attribute_rank.iat[0] == int(token_ranks(project(tiny, clean), 5)[0])
     # knocking out the MLPs changes the representation, and chunking changes nothing
-    chunked = pd.DataFrame(E.knockout_rows(tiny, fact, None, repr_layer, windows, top_k=20, kept=5, chunks=2))
+    chunked = pd.DataFrame(E.knockout_rows(tiny, fact, None, settings=replace(settings, knockout_chunks=2)))
     assert chunked.attributes_rate.isna().all()
     pd.testing.assert_series_equal(chunked.attribute_rank, rows.attribute_rank)
     assert (rows[rows.sublayer == "mlp"].attribute_rank.values != none.attribute_rank.values).any()
     # more chunks than window starts (a shallow model): the same rows (was a ValueError on an empty chunk)
-    many = pd.DataFrame(E.knockout_rows(tiny, fact, None, repr_layer, windows, top_k=20, kept=5,
-                                        chunks=len(windows) + 2))
+    many = pd.DataFrame(E.knockout_rows(tiny, fact, None, settings=replace(settings, knockout_chunks=len(windows) + 2)))
     pd.testing.assert_series_equal(many.attribute_rank, rows.attribute_rank)
 
 
 def test_enrichment_rows_cover_every_layer_and_position(tiny):
     fact = tiny_fact(tiny)
     attributes = frozenset(f" tok{i}" for i in range(0, tiny.config.vocab_size, 2))
-    rows = pd.DataFrame(E.enrichment_rows(tiny, fact, attributes, top_k=30, kept=10, mode="logit_lens",
+    rows = pd.DataFrame(E.enrichment_rows(tiny, fact, attributes, E.Settings(top_k=30, kept=10), mode="logit_lens",
                                           top_tokens=10))
     layered = rows[rows.layer >= 0]
     assert len(layered) == tiny.n_layers * len(E.POSITIONS)
@@ -127,7 +130,7 @@ def test_enrichment_rows_cover_every_layer_and_position(tiny):
         assert row.attributes_rate == pytest.approx(E.attributes_rate(row.top_tokens, attributes))
     # layer 0 at a position is the token's own embedding: its top token is itself (tied, paper mode)
     if tiny.describe()["tied_embeddings"]:
-        paper = pd.DataFrame(E.enrichment_rows(tiny, fact, None, top_k=5, kept=5, top_tokens=1))
+        paper = pd.DataFrame(E.enrichment_rows(tiny, fact, None, E.Settings(top_k=5, kept=5), top_tokens=1))
         first = paper[(paper.layer == 0) & (paper.position == "subject last")]
         assert first.top_tokens.iat[0] == [f" tok{fact['input_ids'][4]}"]
 

@@ -1,6 +1,6 @@
 """The environment is pinned: a lock file of the versions that produced the committed
 results, which `make venv` installs by default, environment.yml agreeing with it, and
-every result's metadata saying whether the run matched it (issue 9, finding 8)."""
+every result's metadata saying whether the run matched it."""
 
 import re
 import subprocess
@@ -10,7 +10,7 @@ import pytest
 import yaml
 from tiny_models import tiny_model
 
-from utils import environment, results
+from utils.runs import environment, results
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCK = ROOT / "requirements.lock"
@@ -90,4 +90,4 @@ def test_make_venv_installs_the_lock_unless_lock_0():
 
 def test_make_lock_writes_the_lock_from_this_venv():
     out = subprocess.run(["make", "-n", "lock"], capture_output=True, text=True, cwd=ROOT, check=True).stdout
-    assert "-m utils.environment lock" in out
+    assert "-m utils.runs.environment lock" in out

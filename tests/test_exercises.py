@@ -1,4 +1,4 @@
-"""The exercises (exercises/*.ipynb, checkers in utils/exercises.py) work in both directions.
+"""The exercises (exercises/*.ipynb, checkers in utils/companion/exercises/) work in both directions.
 
 Every checker passes its reference solution (exercises/solutions/), fails the unsolved stub as
 written in the notebook with its own "not implemented yet" failure (not a crash), and fails one
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import nbformat
 import pytest
-
 from exercise_mistakes import MISTAKES
-from utils.exercises import EXERCISES, ExerciseFailed, NotImplementedYet
+
+from utils.companion.exercises import EXERCISES, ExerciseFailed, NotImplementedYet
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "exercises").glob("[0-9][0-9]_*_exercises.ipynb"))

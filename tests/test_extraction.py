@@ -4,19 +4,11 @@ import pytest
 import torch
 from tiny_models import ARCHITECTURES, prompt, tiny_model
 
-from utils.extraction import (
-    attention_update_again,
-    likely_top,
-    block_conditions,
-    clean_run,
-    head_contributions,
-    ranked_first,
-    reweight,
-    scaled_layers,
-    update_from_weights,
-    value_output,
-)
-from utils.interventions import Capture, PatchHidden, run
+from utils.core.forward import Capture, attention_update_again, run
+from utils.core.heads import head_contributions, reweight, update_from_weights, value_output
+from utils.core.interventions import PatchHidden
+from utils.core.readout import likely_top, ranked_first
+from utils.paper.extraction import block_conditions, clean_run, scaled_layers
 
 N = 10
 
@@ -67,7 +59,7 @@ def test_renormalising_with_nothing_blocked_gives_the_update(arch):
 def test_renormalised_blocking_equals_a_knockout_at_that_layer(arch):
     """Removing edges after the softmax and renormalising is what a pre-softmax knockout
     does: compare with the model run under BlockAttention at one layer."""
-    from utils.interventions import BlockAttention
+    from utils.core.interventions import BlockAttention
 
     lm, ids = tiny_model(arch), prompt(N)
     r = _clean(lm, ids)
@@ -106,7 +98,7 @@ def test_patching_with_the_models_own_states_changes_nothing(arch):
     lm, ids = tiny_model(arch), prompt(N)
     r = _clean(lm, ids)
     for layer in range(lm.n_layers):
-        again = attention_update_again(lm, r, layer, r.resid[layer][None].expand(3, -1, -1))
+        again = attention_update_again(lm, r.calls[layer], layer, r.resid[layer][None].expand(3, -1, -1))
         torch.testing.assert_close(again, r.attn[layer].float().expand(3, -1), atol=1e-5, rtol=1e-4)
 
 
@@ -117,7 +109,7 @@ def test_running_one_layer_again_equals_a_patched_forward_pass(arch):
     layer, positions = 2, [N - 4, N - 3]  # inside the sliding windows of the tiny models
     patched = r.resid[layer].clone()
     patched[positions] = r.resid[0, positions]
-    ours = attention_update_again(lm, r, layer, patched[None])
+    ours = attention_update_again(lm, r.calls[layer], layer, patched[None])
     full = run(lm, ids, [[PatchHidden(layer, positions, r.resid[0, positions])]],
                capture=Capture(positions=[N - 1], attn=True)).acts["attn"][0, layer, 0]
     torch.testing.assert_close(ours[0], full.float(), atol=1e-5, rtol=1e-4)
@@ -181,7 +173,7 @@ def test_scaled_layers():
 @pytest.mark.parametrize("arch", ["gemma3_text", "gpt2", "gptj"])
 def test_ranked_first_under_the_logit_lens(arch):
     """The final norm and the output bias (GPT-J's head has one) are part of the readout."""
-    from utils.projection import project
+    from utils.core.projection import project
 
     lm = tiny_model(arch)
     if arch == "gptj":
@@ -197,12 +189,13 @@ def test_ranked_first_under_the_logit_lens(arch):
 
 
 def test_head_mapping_rows_rank_the_mapped_tokens():
-    from utils.extraction import head_mapping_rows, token_embeddings
-    from utils.projection import project, token_ranks
+    from utils.core.heads import token_embeddings
+    from utils.core.projection import project, token_ranks
+    from utils.paper.extraction import head_mapping_rows
 
     lm = tiny_model("llama")
     facts = [{"known_id": i, "input_ids": [5 + i, 6 + i, 7 + i, 8], "n_tokens": 4, "subject_positions": [0, 1],
-              "subject": f"s{i}", "pred_token_id": 20 + i} for i in range(3)]
+              "subject": f"s{i}", "pred_token_id": 20 + i, "has_sink": False} for i in range(3)]
     lm.tokenizer = type("T", (), {"batch_decode": staticmethod(lambda ids: [str(i[0]) for i in ids])})()
     rows = head_mapping_rows(lm, 1, [0, 3], facts, pool=[20, 21, 22, 30, 31], k=4)
     assert len(rows) == 6 and {r["head"] for r in rows} == {0, 3}
@@ -218,13 +211,14 @@ def test_head_mapping_rows_rank_the_mapped_tokens():
 
 @pytest.mark.parametrize("arch, seed", [("llama", 5), ("gemma3_text", 3)])  # prompts where patching makes events
 def test_patching_rows_equal_patched_forward_passes(arch, seed):
-    from utils.extraction import patching_rows, position_groups
+    from utils.paper.extraction import patching_rows
+    from utils.paper.facts import position_sets
 
     lm, ids = tiny_model(arch), prompt(N, seed=seed)
     fact = {**_fact(ids, subject=(5, 6, 7)), "pred_token_id": int(run(lm, ids).logits[0, -1].argmax())}
     rows = patching_rows(lm, fact, [0, 1], screen=False)
-    groups = position_groups(fact)
-    assert [(r["positions"], r["source_layer"]) for r in rows] == [(g, s) for g in groups for s in (0, 1)]
+    groups = position_sets(fact)
+    assert [(r["positions"], r["source_layer"]) for r in rows] == [(g, s) for g in ("subject", "non-subject", "last") for s in (0, 1)]
     assert sum(r["n_layers"] for r in rows) > 0
     resid = run(lm, ids, capture=Capture(resid=True)).acts["resid"][0]
     for row in rows:
@@ -241,7 +235,7 @@ def test_patching_rows_equal_patched_forward_passes(arch, seed):
 def test_extraction_rows_are_consistent(arch, seed):
     import pandas as pd
 
-    from utils.extraction import extraction_rows
+    from utils.paper.extraction import extraction_rows
 
     lm, ids = tiny_model(arch), prompt(N, seed=seed)
     fact = {**_fact(ids, subject=(5, 6, 7)), "pred_token_id": int(run(lm, ids).logits[0, -1].argmax())}

@@ -6,20 +6,22 @@ import pytest
 import torch
 from tiny_models import ARCHITECTURES, prompt, tiny_model
 
-from utils.information_flow import (
+from utils.core.forward import clean_prefix, run, run_last_position
+from utils.core.interventions import BlockAttention, window
+from utils.paper.facts import position_sets
+from utils.paper.information_flow import (
     PAPER_SETS,
     SOURCE_SETS,
+    FlowSettings,
     default_window,
     fact_flags,
     flow_of_fact,
-    flow_of_fact_per_example,
+    flow_of_fact_unbatched,
     information_flow,
     knockout_probs,
     position_heatmap,
-    source_sets,
     summarize,
 )
-from utils.interventions import BlockAttention, clean_prefix, run, run_last_position, window
 
 N = 10
 
@@ -83,13 +85,13 @@ def test_worked_example_heatmap_equals_direct_computation(arch):
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
-@pytest.mark.parametrize("exclude_sink", [True, False])
-def test_batched_sweep_equals_per_example_loop(arch, exclude_sink):
+@pytest.mark.parametrize("sink", ["prepend", "official"])
+def test_batched_sweep_equals_per_example_loop(arch, sink):
     lm = tiny_model(arch)
     fact = tiny_fact()
     k = 3
-    batched = pd.DataFrame(flow_of_fact(lm, fact, k, SOURCE_SETS, exclude_sink, batch_size=16))
-    loop = pd.DataFrame(flow_of_fact_per_example(lm, fact, k, SOURCE_SETS, exclude_sink))
+    batched = pd.DataFrame(flow_of_fact(lm, fact, FlowSettings(k, sink, SOURCE_SETS, batch_size=16)))
+    loop = pd.DataFrame(flow_of_fact_unbatched(lm, fact, FlowSettings(k, sink, SOURCE_SETS)))
     assert len(batched) == len(loop) == len(SOURCE_SETS) * lm.n_layers
     assert (batched[["source", "layer"]] == loop[["source", "layer"]]).all().all()
     assert (batched.p_new - loop.p_new).abs().max() < 1e-5
@@ -99,21 +101,21 @@ def test_batched_sweep_equals_per_example_loop(arch, exclude_sink):
 
 def test_source_sets_keep_the_sink_out_by_default():
     fact = tiny_fact(n=8, subject=(1, 2, 3), has_sink=True)
-    ours = source_sets(fact)
+    ours = position_sets(fact)
     assert ours == {"subject": [1, 2, 3], "non-subject": [4, 5, 6], "last": [7],
                     "subject-last": [3], "subject-other": [1, 2]}
-    official = source_sets(fact, exclude_sink=False)
+    official = position_sets(fact, include_sink=True)
     assert official["non-subject"] == [0, 4, 5, 6] and official["subject"] == [1, 2, 3]
     # no sink, subject at position 0: the official sets put position 0 in the subject
     plain = tiny_fact(n=6, subject=(0, 1), has_sink=False)
-    assert source_sets(plain) == source_sets(plain, exclude_sink=False)
-    assert source_sets(plain)["subject"] == [0, 1] and source_sets(plain)["non-subject"] == [2, 3, 4]
+    assert position_sets(plain) == position_sets(plain, include_sink=True)
+    assert position_sets(plain)["subject"] == [0, 1] and position_sets(plain)["non-subject"] == [2, 3, 4]
 
 
 def test_empty_source_sets_make_no_rows():
     lm = tiny_model("llama")
     fact = tiny_fact(subject=(3,))  # one subject token: no "subject-other"
-    rows = pd.DataFrame(flow_of_fact(lm, fact, 3))
+    rows = pd.DataFrame(flow_of_fact(lm, fact, FlowSettings(3)))
     assert set(rows.source) == set(SOURCE_SETS) - {"subject-other"}
     subject = rows[rows.source == "subject"].reset_index(drop=True)
     last = rows[rows.source == "subject-last"].reset_index(drop=True)
@@ -140,13 +142,13 @@ def test_summary_finds_the_deepest_drop_and_its_half_range():
 def test_sweep_writes_a_tidy_table_with_flags(tmp_path):
     lm = tiny_model("gemma3_text")
     facts = pd.DataFrame([tiny_fact(known_id=1), tiny_fact(subject=(1, 2), known_id=2, seed=3)])
-    table = information_flow(lm, facts, k=3, sets=PAPER_SETS, dataset="tiny", progress=False)
+    table = information_flow(lm, facts, FlowSettings(3, sets=PAPER_SETS), dataset="tiny", progress=False)
     assert len(table) == 2 * len(PAPER_SETS) * lm.n_layers
     assert set(table.columns) >= {"known_id", "source", "layer", "p_base", "p_new", "relative_change",
                                   "subject_at_start", "subject_at_zero", "sink"}
     flags = fact_flags(facts).set_index("known_id")
     assert not flags.loc[1, "subject_at_start"] and flags.loc[2, "subject_at_start"]
-    again = information_flow(lm, facts, k=3, sets=PAPER_SETS, dataset="tiny", progress=False)  # from the journal
+    again = information_flow(lm, facts, FlowSettings(3, sets=PAPER_SETS), dataset="tiny", progress=False)  # from the journal
     pd.testing.assert_frame_equal(table, again)
 
 
@@ -154,12 +156,12 @@ def test_real_model_batched_equals_loop(smollm):
     """SmolLM2 in fp32: the fast path agrees with the per-example loop to 1e-5."""
     prompt_text, subject = "The Eiffel Tower is located in the city of", "The Eiffel Tower"
     ids, spans = smollm.encode(prompt_text, prepend_sink=True, offsets=True)
-    from utils.data import subject_positions
+    from utils.paper.facts import subject_positions
 
     positions = subject_positions(spans, prompt_text, subject)
     fact = {"known_id": 0, "input_ids": ids, "n_tokens": len(ids), "subject_positions": positions,
             "subject_first": positions[0], "has_sink": True}
-    batched = pd.DataFrame(flow_of_fact(smollm, fact, 5, ("subject",)))
-    loop = pd.DataFrame(flow_of_fact_per_example(smollm, fact, 5, ("subject",)))
+    batched = pd.DataFrame(flow_of_fact(smollm, fact, FlowSettings(5, sets=("subject",))))
+    loop = pd.DataFrame(flow_of_fact_unbatched(smollm, fact, FlowSettings(5, sets=("subject",))))
     assert (batched.p_new - loop.p_new).abs().max() < 1e-5
     assert batched.relative_change.min() < -10, "blocking the subject should hurt the prediction somewhere"

@@ -4,15 +4,9 @@ import pytest
 import torch
 from tiny_models import ARCHITECTURES, prompt, tiny_hf_model, tiny_model
 
-from utils.attention import merge_block_into_mask
-from utils.interventions import (
-    BlockAttention,
-    Capture,
-    PatchHidden,
-    ZeroSublayer,
-    run,
-    window,
-)
+from utils.core.attention import merge_block_into_mask
+from utils.core.forward import Capture, run
+from utils.core.interventions import BlockAttention, PatchHidden, ZeroSublayer, window
 
 N = 10
 BACKENDS = ["sdpa", "eager"]
@@ -36,7 +30,7 @@ def reference_knockout_logits(arch, ids, layers, queries, keys, dtype=torch.floa
     """The straightforward reference: eager attention with a hand-built additive mask
     (causal, sliding window where the layer has one, blocked edges at -inf) injected into
     the chosen layers' attention modules, as the official code does for GPT-2."""
-    from utils.registry import arch_spec
+    from utils.core.registry import arch_spec
 
     model = tiny_hf_model(arch, "eager", dtype)
     n = ids.shape[1]
@@ -141,8 +135,9 @@ def test_batch_of_interventions_equals_one_by_one(arch):
 def test_knockout_window_covering_no_layer_is_clean(arch):
     lm, ids = tiny_model(arch), prompt(N)
     assert window(lm.n_layers + 5, 3, lm.n_layers) == ()
-    out = run(lm, ids, [[BlockAttention((), [N - 1], [1, 2])], []]).logits
-    torch.testing.assert_close(out[0], out[1], atol=0, rtol=0)
+    out = run(lm, ids, [[BlockAttention((), [N - 1], [1, 2])]]).logits
+    # against a clean pass of the same shape: rows of one batch may round differently (Mixtral's experts)
+    torch.testing.assert_close(out, run(lm, ids).logits, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -190,7 +185,7 @@ def test_official_mlp_knockout_keeps_output_bias(arch):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_official_attention_knockout_is_uniform_attention(arch, backend):
     lm, ids = tiny_model(arch, backend), prompt(N)
-    if lm.arch.query is None and lm.attention_backend.name == "mask-hook":  # refused where zeroed queries are not uniform
+    if lm.arch.query is None and lm.attention_access.name == "mask-hook":  # refused where zeroed queries are not uniform
         with pytest.raises(NotImplementedError, match="ALiBi"):
             run(lm, ids, [[ZeroSublayer("attn", [1], variant="official")]])
         return
@@ -248,7 +243,7 @@ def test_blocking_every_key_of_a_query_is_refused():
     with pytest.raises(ValueError, match="every key"):  # position 0 sees only itself
         run(lm, ids, [[BlockAttention([1], [0], [0])]])
     lm_neo = tiny_model("gpt_neo")  # the mask-hook back-end refuses it too
-    assert lm_neo.attention_backend.name == "mask-hook"
+    assert lm_neo.attention_access.name == "mask-hook"
     with pytest.raises(ValueError, match="every key"):
         run(lm_neo, ids, [[BlockAttention([1], [N - 1], range(N))]])
 

@@ -5,8 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from utils import ledger
-from utils.ledger import CLAIMS, ModelResults, VERDICTS
+from utils.paper import ledger, rules
+from utils.paper.ledger import CLAIMS, ModelResults
+from utils.paper.rules import VERDICTS
 
 L = 10  # layers of the constructed model (depth of layer l: l / 9)
 RNG = np.random.default_rng(0)
@@ -162,15 +163,15 @@ CASES = {
 
 
 def test_every_claim_has_a_rule_and_cases():
-    assert [r.claim for r in ledger.RULES] == list(CLAIMS) == list(CASES)
-    assert set(ledger.rules_table().columns) >= {"claim", "holds", "partly", "does not hold"}
+    assert [r.claim for r in rules.RULES] == list(CLAIMS) == list(CASES)
+    assert set(rules.rules_table().columns) >= {"claim", "holds", "partly", "does not hold"}
 
 
 @pytest.mark.parametrize("claim,outcome", [(c, o) for c, cases in CASES.items() for o in cases])
 def test_rule_reaches_outcome(claim, outcome):
     cell = CLAIMS[claim](CASES[claim][outcome](), n_boot=200)
     assert cell.verdict == outcome, (cell.verdict, [(m.name, m.value, m.ci_low, m.ci_high) for m in cell.measures])
-    assert cell.n >= ledger.MIN_FACTS and np.isfinite(cell.measures[0].value)
+    assert cell.n >= rules.MIN_FACTS and np.isfinite(cell.measures[0].value)
 
 
 @pytest.mark.parametrize("claim", list(CLAIMS))

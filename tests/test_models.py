@@ -5,8 +5,9 @@ import torch
 from tiny_models import ARCHITECTURES, tiny_hf_model, tiny_model
 
 from utils import load_model, project
-from utils.models import EMBEDDED_MODELS, resolve_dtype
-from utils.registry import REGISTRY, arch_spec
+from utils.core.devices import resolve_dtype
+from utils.core.registry import REGISTRY, arch_spec
+from utils.core.sources import EMBEDDED_MODELS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,7 +80,7 @@ def test_wrap_model_switches_to_the_project_attention():
     from utils import wrap_model
 
     lm = wrap_model(model, tokenizer=None)
-    assert model.config._attn_implementation == "dissect_eager" and lm.attn_backend == "eager"
+    assert model.config._attn_implementation == "dissect_eager" and lm.attn_implementation == "eager"
 
 
 @pytest.mark.slow
@@ -91,7 +92,7 @@ def test_smollm_recalls_paris_and_knockout_lowers_it(smollm):
     paris = smollm.tokenizer(" Paris", add_special_tokens=False)["input_ids"][0]
     probs = run(smollm, ids).probs()[0]
     assert probs.argmax().item() == paris and probs[paris] > 0.5
-    from utils.data import subject_positions
+    from utils.paper.facts import subject_positions
 
     subject = subject_positions(spans, prompt, "Eiffel Tower")
     last = len(ids) - 1
@@ -117,8 +118,8 @@ def test_a_model_folder_in_hub_format_loads_like_a_hub_id(smollm):
     """The path a GPT-2 XL or Llama user takes (AutoConfig, the registry, the project's
     attention, AutoTokenizer), here on a real model saved in Hugging Face format."""
     from utils import run
-    from utils.models import convert_embedded
-    from utils.results import model_slug
+    from utils.core.sources import convert_embedded
+    from utils.runs.results import model_slug
 
     folder = str(convert_embedded("smollm2-135m"))
     lm = load_model(folder, device="cpu")
@@ -133,20 +134,20 @@ def test_a_model_that_fits_goes_on_one_gpu(monkeypatch):
     device_map="auto"; one that does not fit is (the size comes from the config, nothing is loaded)."""
     from tiny_models import _configs
 
-    from utils.models import _fits_one_gpu
+    from utils.core.devices import fits_one_gpu
 
     config = _configs()["llama"]  # about 160k parameters: 640 kB in float32, 320 kB in float16
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (10_000_000, 80_000_000))
-    assert _fits_one_gpu(config, torch.float32, torch.device("cuda:0"))
+    assert fits_one_gpu(config, torch.float32, torch.device("cuda:0"))
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (500_000, 80_000_000))
-    assert not _fits_one_gpu(config, torch.float32, torch.device("cuda:0"))
-    assert _fits_one_gpu(config, torch.float16, torch.device("cuda:0"))  # half the bytes
+    assert not fits_one_gpu(config, torch.float32, torch.device("cuda:0"))
+    assert fits_one_gpu(config, torch.float16, torch.device("cuda:0"))  # half the bytes
 
 
-# --- devices and `prepare` (issue 9, findings 6 and 7) ---
+# --- devices and `prepare`: a device that is not there, or a model that cannot be had, fails first ---
 
 def test_cuda_on_a_machine_without_cuda_is_an_error(monkeypatch):
-    from utils.models import resolve_device
+    from utils.core.devices import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto") == torch.device("cpu") and resolve_device("cpu") == torch.device("cpu")
@@ -160,7 +161,7 @@ def test_cuda_on_a_machine_without_cuda_is_an_error(monkeypatch):
 
 
 def test_a_cuda_index_beyond_the_gpus_is_an_error(monkeypatch):
-    from utils.models import resolve_device
+    from utils.core.devices import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
@@ -200,7 +201,7 @@ def fake_hub(tmp_path, monkeypatch):
 
 
 def test_prepare_only_downloads_a_hub_model(fake_hub, capsys):
-    from utils.models import main
+    from utils.core.sources import main
 
     main(["prepare", "acme/big-model", "--device", "cpu", "--dtype", "float16"])
     assert [c["repo_id"] for c in fake_hub] == ["acme/big-model"]
@@ -212,7 +213,7 @@ def test_prepare_only_downloads_a_hub_model(fake_hub, capsys):
 
 
 def test_prepare_checks_device_and_dtype_before_downloading(fake_hub, monkeypatch):
-    from utils.models import main
+    from utils.core.sources import main
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(RuntimeError, match="no CUDA device"):
@@ -227,7 +228,7 @@ def test_make_reproduce_passes_device_and_dtype_to_prepare():
 
     out = subprocess.run(["make", "-n", "reproduce", "MODEL=acme/m", "DEVICE=cuda", "DTYPE=bfloat16"],
                          capture_output=True, text=True, cwd=ROOT, check=True).stdout
-    assert "-m utils.models prepare acme/m --device cuda --dtype bfloat16" in out
+    assert "-m utils.core.sources prepare acme/m --device cuda --dtype bfloat16" in out
 
 
 @pytest.mark.slow

@@ -26,7 +26,6 @@ from pathlib import Path
 import papermill
 import pytest
 import transformers
-
 from notebook_checks import dirty_outputs, with_parameters
 from test_notebooks import NOTEBOOKS, ROOT
 from tiny_models import facts_it_knows, saved_random_model
@@ -104,14 +103,14 @@ def two_layer_llama(tmp_path_factory):
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_runs_on_a_two_layer_model(notebook, two_layer_llama, tmp_path, monkeypatch):
     """One output root for all the notebooks, as in `make reproduce`: 04 reads what 01-03 wrote."""
-    from utils.results import output_root
+    from utils.paths import output_root
 
     folder, facts, outputs = two_layer_llama
     monkeypatch.setenv("DISSECT_OUTPUT_ROOT", str(outputs))
     executed = tmp_path / notebook.name
     papermill.execute_notebook(str(notebook), str(executed), parameters={"model": str(folder), "dataset": str(facts)},
                                cwd=str(ROOT / "notebooks"), kernel_name="python3", progress_bar=False)
-    from utils.results import model_slug
+    from utils.runs.results import model_slug
 
     assert _table_path(output_root(), notebook.name, model_slug(str(folder))).exists()
     assert dirty_outputs(executed, allowed=(str(folder),)) == []  # the model is named by its folder's path

@@ -12,7 +12,6 @@ random model "knows" the facts whose attribute is set to its own prediction.
 import papermill
 import pytest
 import transformers
-
 from test_notebooks import NOTEBOOKS, ROOT
 from tiny_models import facts_it_knows, saved_random_model
 
@@ -34,7 +33,7 @@ FAMILIES = {
 def random_model(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp(f"random-{request.param}")
     lm = saved_random_model(folder, FAMILIES[request.param]())
-    assert lm.attention_backend.name == ("mask-hook" if request.param == "gpt_neo" else "interface")
+    assert lm.attention_access.name == ("mask-hook" if request.param == "gpt_neo" else "interface")
     path, n_facts = facts_it_knows(lm, folder, minimum=10)
     return folder, path, n_facts, tmp_path_factory.mktemp(f"outputs-{request.param}")
 
@@ -53,7 +52,7 @@ TABLES = {  # a table each notebook writes, and what it must hold
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_runs_on_other_families(notebook, random_model, tmp_path, monkeypatch):
     """One output root per model, as in `make reproduce`: notebook 04 reads what 01-03 wrote."""
-    from utils.results import load_table
+    from utils.runs.results import load_table
 
     folder, facts, n_facts, outputs = random_model
     monkeypatch.setenv("DISSECT_OUTPUT_ROOT", str(outputs))

@@ -6,9 +6,10 @@ import torch
 import torch.nn.functional as F
 from tiny_models import prompt, tiny_model
 
-from utils.attention import attention_probabilities
-from utils.interventions import BlockAttention, run
-from utils.projection import CHUNK, fp32_scores, project
+from utils.core.attention import attention_probabilities
+from utils.core.forward import run
+from utils.core.interventions import BlockAttention
+from utils.core.projection import CHUNK, fp32_scores, project
 
 
 def test_probabilities_of_a_half_model_come_from_float32_logits():

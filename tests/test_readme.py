@@ -8,8 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from utils import findings, ledger
-from utils.results import PROJECT_ROOT, load_meta, load_table
+from utils.companion import findings
+from utils.paper import ledger
+from utils.paths import PROJECT_ROOT
+from utils.runs.results import load_meta, load_table
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from tiny_models import tiny_model
 
-from utils import results
+from utils.runs import results
 
 
 @pytest.fixture
@@ -23,7 +23,7 @@ def test_table_round_trips_lists_and_token_strings(lm):
     assert back["known"].tolist() == [True, False, True]
     assert back["prob"].isna().tolist() == [False, True, False]
     meta = json.loads((results.output_dir("results", lm.name) / "demo.meta.json").read_text())
-    for field in ("model", "dtype", "attn_backend", "versions", "git_commit", "params"):
+    for field in ("model", "dtype", "attn_implementation", "versions", "git_commit", "params"):
         assert field in meta
     assert meta["params"] == {"p": 1} and "torch" in meta["versions"]
 
@@ -63,7 +63,7 @@ def test_outputs_go_where_the_environment_says(tmp_path, monkeypatch):
 
 def test_saving_a_figure_again_writes_the_same_bytes():
     """Reruns with the same numbers leave the committed figures unchanged (no PDF date)."""
-    from utils.plotting import plt, save_figure
+    from utils.companion.plotting import plt, save_figure
 
     fig, ax = plt.subplots()
     ax.plot([0, 1, 2], [1, 3, 2])
@@ -74,7 +74,7 @@ def test_saving_a_figure_again_writes_the_same_bytes():
     assert {p.suffix for p in first} == {".png", ".pdf"} and first == second
 
 
-# --- results are keyed by content: the dataset's bytes and the weights' identity (issue 9, finding 1) ---
+# --- results are keyed by content: the dataset's bytes and the weights' identity ---
 
 FACTS = json.loads((results.PROJECT_ROOT / "data" / "facts_small.json").read_text())[:6]
 
@@ -104,7 +104,7 @@ def test_known_set_is_fresh_after_the_dataset_file_is_edited_in_place(tmp_path):
     from tiny_models import save_tiny_folder
 
     from utils import load_model
-    from utils.data import known_set
+    from utils.paper.facts import known_set
 
     lm = load_model(str(save_tiny_folder(tmp_path / "model")), device="cpu")
     path = _write(tmp_path / "facts.json", FACTS)
@@ -124,7 +124,7 @@ def test_swapped_weights_give_a_fresh_known_set_and_fresh_sweep_rows(tmp_path):
     from tiny_models import save_tiny_folder
 
     from utils import load_model
-    from utils.data import build_known_set, known_set, load_facts
+    from utils.paper.facts import build_known_set, known_set, load_facts
 
     folder = save_tiny_folder(tmp_path / "model", seed=0)
     path = _write(tmp_path / "facts.json", FACTS)
@@ -196,7 +196,7 @@ def test_a_sweep_resumes_from_a_cached_known_set(tmp_path):
     from tiny_models import save_tiny_folder
 
     from utils import load_model
-    from utils.data import known_set
+    from utils.paper.facts import known_set
 
     lm = load_model(str(save_tiny_folder(tmp_path / "model")), device="cpu")
     facts = [dict(f) for f in FACTS]
@@ -217,8 +217,8 @@ def test_a_model_folder_is_hashed_once(tmp_path, monkeypatch):
     24 GB folder is read once, not at every load."""
     from tiny_models import save_tiny_folder
 
-    from utils import digests
-    from utils.models import load_model
+    from utils.core import identity as digests
+    from utils.core.models import load_model
 
     monkeypatch.setenv("DISSECT_CACHE", str(tmp_path / "cache"))
     folder = save_tiny_folder(tmp_path / "model")
@@ -242,8 +242,8 @@ def test_a_hub_snapshot_is_identified_by_its_revision_and_blob_names(tmp_path, m
     import huggingface_hub.constants
     from tiny_models import save_tiny_folder
 
-    from utils import digests
-    from utils.models import load_model
+    from utils.core import identity as digests
+    from utils.core.models import load_model
 
     saved = save_tiny_folder(tmp_path / "saved")
     repo = tmp_path / "hub" / "models--acme--tiny"

@@ -6,11 +6,11 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from notebook_checks import dirty_outputs
+
 from utils import setup as project_setup
-from utils.progress import progress
-from utils.results import display_path
+from utils.runs.progress import progress
+from utils.runs.results import display_path
 
 ROOT = Path(__file__).resolve().parent.parent
 EXECUTED = sorted((ROOT / "executed").glob("*/[0-9][0-9]_*.ipynb"))

@@ -12,11 +12,11 @@ import sys
 
 import pytest
 import torch
-
 from test_notebooks import ROOT
 from tiny_models import prompt, tiny_model
+
 from utils import BlockAttention, run
-from utils.extraction import head_contributions
+from utils.core.heads import head_contributions
 
 LLAMA_FAMILY = ["llama", "mistral", "qwen2", "gemma3_text"]
 ALL = LLAMA_FAMILY + ["gpt2", "gptj", "gpt_neox"]

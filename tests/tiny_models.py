@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import transformers
 
-from utils.models import wrap_model
+from utils.core.models import wrap_model
 
 COMMON = dict(vocab_size=96, initializer_range=0.1, bos_token_id=1, eos_token_id=2, pad_token_id=0)
 
@@ -35,7 +35,7 @@ def _configs() -> dict:
             num_hidden_layers=6, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
             head_dim=16, intermediate_size=128, max_position_embeddings=64, sliding_window=4,
             query_pre_attn_scalar=16, **COMMON),
-        # the families added to the registry this round (issue 13), each with its quirk
+        # families whose attention or blocks differ from Llama's, each with the quirk it exercises
         "gpt_neo": transformers.GPTNeoConfig(  # local attention layers, its own attention class
             num_layers=4, hidden_size=64, num_heads=4, attention_types=[[["global", "local"], 2]], window_size=4,
             max_position_embeddings=64, **COMMON),
@@ -75,8 +75,6 @@ def _configs() -> dict:
 
 
 ARCHITECTURES = list(_configs())
-ORIGINAL = ARCHITECTURES[:7]
-"""The seven families supported before this round; the rest were added with the model check."""
 
 
 def tiny_hf_model(arch: str, attn_implementation: str = "sdpa", dtype=torch.float32, seed: int = 0):
@@ -139,7 +137,7 @@ def saved_random_model(folder, config):
     import transformers
 
     from utils import load_model
-    from utils.models import convert_embedded
+    from utils.core.sources import convert_embedded
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(convert_embedded("smollm2-135m"))
     config.vocab_size = len(tokenizer)

@@ -109,7 +109,7 @@ def setup(root: str | Path | None = None, colab: bool | None = None) -> None:
 def quiet_known_noise() -> None:
     """Silence a message that says nothing to a reader of a notebook (and only that one):
     tqdm's "IProgress not found": transformers imports tqdm.auto, which warns in Jupyter
-    without ipywidgets; this project's loops print one line each (utils.progress) and never
+    without ipywidgets; this project's loops print one line each (utils.runs.progress) and never
     draw widget bars."""
     warnings.filterwarnings("ignore", message="IProgress not found")
 

@@ -2,7 +2,8 @@
 
 import torch
 
-from utils import BlockAttention, run, window as library_window
+from utils import BlockAttention, run
+from utils import window as library_window
 
 
 def window(center, size, n_layers):
@@ -11,7 +12,7 @@ def window(center, size, n_layers):
     return [layer for layer in range(first, first + size) if 0 <= layer < n_layers]
 
 
-def source_sets(fact):
+def position_sets(fact):
     """01.2 The subject, non-subject and last positions; a sink token at position 0 in none of them."""
     last = fact["n_tokens"] - 1
     skip = {0} if fact["has_sink"] else set()

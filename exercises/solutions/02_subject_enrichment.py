@@ -2,8 +2,8 @@
 
 import torch
 
-from utils.attributes import stopwords
-from utils.projection import project, vocabulary
+from utils.core.projection import project, vocabulary
+from utils.paper.attributes import stopwords
 
 
 @torch.no_grad()

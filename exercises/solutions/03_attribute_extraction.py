@@ -2,7 +2,7 @@
 
 import torch
 
-from utils.projection import project
+from utils.core.projection import project
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
-"""``python -m utils.bench``: the batched attention-knockout sweep against the official code's
+"""``python -m utils.companion.bench``: the batched attention-knockout sweep against the official code's
 per-example loop, on the same model, facts and machine, in one run.
 
 Both compute the paper's information-flow configurations (subject, non-subject and last
@@ -15,12 +15,21 @@ import argparse
 import os
 import platform
 import time
+from unittest import mock
 
 import torch
 
-from .information_flow import PAPER_SETS, default_window, flow_of_fact, flow_of_fact_per_example, known_facts
-from .interventions import HOST_SECONDS
-from .models import load_model
+from ..core import forward
+from ..core.models import load_model
+from ..paper.facts import as_facts
+from ..paper.information_flow import (
+    PAPER_SETS,
+    FlowSettings,
+    default_window,
+    flow_of_fact,
+    flow_of_fact_unbatched,
+    known_facts,
+)
 
 TOLERANCE = 1e-5
 
@@ -33,7 +42,7 @@ def _load() -> str:
 
 
 def main(argv=None) -> float:
-    parser = argparse.ArgumentParser(prog="python -m utils.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m utils.companion.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--n-facts", type=int, default=50, help="first n known facts of known_1000")
     parser.add_argument("--device", default="cpu")
@@ -45,16 +54,26 @@ def main(argv=None) -> float:
 
     lm = load_model(args.model, device=args.device, dtype="float32")
     k = default_window(lm.n_layers)
-    facts = known_facts(lm, "known_1000", None, "prepend").head(args.n_facts).to_dict("records")
+    facts = as_facts(known_facts(lm, "known_1000", None, "prepend").head(args.n_facts))
     print(f"{lm.name} fp32 on {args.device}: {len(facts)} known facts, {len(PAPER_SETS)} source sets x "
           f"{lm.n_layers} window centres (k = {k}) = {len(PAPER_SETS) * lm.n_layers} configurations per fact")
     print(f"machine: {platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__} with "
           f"{torch.get_num_threads()} threads; {_load()} at start")
 
+    settings = FlowSettings(k, sets=PAPER_SETS, batch_size=args.batch_size)
+
     def one(fact, batched: bool):
-        if batched:
-            return flow_of_fact(lm, fact, k, PAPER_SETS, batch_size=args.batch_size)
-        return flow_of_fact_per_example(lm, fact, k, PAPER_SETS)
+        return (flow_of_fact if batched else flow_of_fact_unbatched)(lm, fact, settings)
+
+    host_seconds = [0.0]
+    building = forward.intervene
+
+    def timed_intervene(*args, **kwargs):  # the time spent building interventions on the host
+        start = time.perf_counter()
+        try:
+            return building(*args, **kwargs)
+        finally:
+            host_seconds[0] += time.perf_counter() - start
 
     one(facts[0], True), one(facts[0], False)  # warm-up, untimed
     seconds = {False: 0.0, True: 0.0}
@@ -63,11 +82,12 @@ def main(argv=None) -> float:
     for fact in facts:
         results = {}
         for batched in (False, True):
-            start, host_start = time.perf_counter(), HOST_SECONDS[0]
-            results[batched] = one(fact, batched)
+            start, host_start = time.perf_counter(), host_seconds[0]
+            with mock.patch.object(forward, "intervene", timed_intervene):
+                results[batched] = one(fact, batched)
             seconds[batched] += time.perf_counter() - start
             if batched:
-                host += HOST_SECONDS[0] - host_start
+                host += host_seconds[0] - host_start
         assert [(r["source"], r["layer"]) for r in results[True]] == [(r["source"], r["layer"]) for r in results[False]]
         max_diff = max([max_diff] + [abs(a[key] - b[key]) for a, b in zip(results[True], results[False])
                                      for key in ("p_new", "p_base")])

@@ -1,6 +1,6 @@
 """The reader's edition: a static site of the executed notebooks and the README's findings.
 
-``python -m utils.book --source executed/gemma-3-270m --out build/book`` (``make book``) stages a
+``python -m utils.companion.book --source executed/gemma-3-270m --out build/book`` (``make book``) stages a
 Sphinx project (myst-nb renders the notebooks with their outputs, never executing them;
 sphinx-book-theme, what jupyter-book 1.x packages) and builds it to ``<out>/html``. Everything the
 pages load is on disk: the theme's assets, and MathJax from the ``jupyter-server-mathjax`` package
@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .results import PROJECT_ROOT
+from ..paths import PROJECT_ROOT
 
 FINDINGS = "## What the notebooks find"
 """The README section the landing page shows (up to the next second-level heading)."""

@@ -3,7 +3,7 @@
 Prose that quotes numbers drifts from the numbers when a run changes them. So the section
 between the README's ``<!-- findings:begin -->`` and ``<!-- findings:end -->`` markers is
 :data:`TEMPLATE` filled with values computed here from the committed raw tables and the
-claims ledger (``results/ledger.csv``), never typed by hand. ``python -m utils.findings``
+claims ledger (``results/ledger.csv``), never typed by hand. ``python -m utils.companion.findings``
 (``make readme``) rewrites it; ``--check`` exits with 1 and prints the difference when the
 README is not what the results give, which ``tests/test_readme.py`` asserts.
 
@@ -21,26 +21,23 @@ from types import SimpleNamespace
 
 import pandas as pd
 
-from . import ledger
-from .results import PROJECT_ROOT, load_meta, load_table
+from ..paper import ledger, rules
+from ..paper.information_flow import summarize
+from ..paths import PROJECT_ROOT
+from ..runs.results import load_meta, load_table
 
 README = PROJECT_ROOT / "README.md"
 BEGIN, END = "<!-- findings:begin -->", "<!-- findings:end -->"
 MODELS = {"g": "gemma-3-270m", "s": "smollm2-135m"}  # template name -> model
 
 
-def _dip(table: pd.DataFrame, source: str) -> SimpleNamespace:
-    """The deepest point of a mean information-flow curve (0-based window centre, %) and the
-    contiguous centres around it where the mean drop is at least half as deep."""
-    curve = table[table.source == source].groupby("layer").relative_change.mean()
-    at = int(curve.idxmin())
-    deep = curve <= curve[at] / 2
-    lo = hi = at
-    while lo - 1 in deep.index and deep[lo - 1]:
-        lo -= 1
-    while hi + 1 in deep.index and deep[hi + 1]:
-        hi += 1
-    return SimpleNamespace(layer=at, change=float(curve[at]), first=lo, last=hi)
+def _dips(table: pd.DataFrame) -> dict[str, SimpleNamespace]:
+    """Per source set, the deepest point of its mean information-flow curve (0-based window
+    centre, %) and the contiguous centres around it where the mean drop is at least half as
+    deep (:func:`utils.paper.information_flow.summarize`)."""
+    return {row.source: SimpleNamespace(layer=int(row.at_layer), change=float(row.deepest_mean_change),
+                                        first=int(row.half_drop_from), last=int(row.half_drop_to))
+            for row in summarize(table).itertuples()}
 
 
 def model_values(model: str, root: Path = PROJECT_ROOT) -> SimpleNamespace:
@@ -56,8 +53,9 @@ def model_values(model: str, root: Path = PROJECT_ROOT) -> SimpleNamespace:
     v.known = layers.known_id.nunique()
 
     flow = table("information_flow_prepend")
-    v.relation, v.subject, v.subject_last = (_dip(flow, s) for s in ("non-subject", "subject", "subject-last"))
-    v.official_relation = _dip(table("information_flow_official"), "non-subject")
+    dips = _dips(flow)
+    v.relation, v.subject, v.subject_last = (dips[s] for s in ("non-subject", "subject", "subject-last"))
+    v.official_relation = _dips(table("information_flow_official"))["non-subject"]
 
     rates = table("attributes_rate")
     rated = rates[rates.attributes_rate.notna()]
@@ -73,7 +71,7 @@ def model_values(model: str, root: Path = PROJECT_ROOT) -> SimpleNamespace:
     v.repr_layer = meta["params"]["repr_layer"]
     for variant in ("official", "zero"):
         ko = table(f"sublayer_knockout_{variant}")
-        early = ko[ko.start < ledger.EARLY_WINDOWS * (ko.start.max() + 1)]
+        early = ko[ko.start < rules.EARLY_WINDOWS * (ko.start.max() + 1)]
         rate = early.groupby("sublayer").attributes_rate.mean()
         setattr(v, variant, SimpleNamespace(none=rate["none"], mlp=rate["mlp"], attn=rate["attn"],
                                             first=int(early.start.min()), last=int(early.start.max())))
@@ -120,13 +118,13 @@ def ledger_table(root: Path = PROJECT_ROOT) -> str:
             main = group[group.model == model].iloc[0]
             cells.append(f"not measured ({main.note})" if main.verdict == "not measured" else
                          f"**{main.verdict}**: {main.value:.3g} [{main.ci_low:.3g}, {main.ci_high:.3g}], n = {main.n}")
-        lines.append(f"| {claim}. {ledger.CLAIM_TEXT[claim]} | " + " | ".join(cells) + " |")
+        lines.append(f"| {claim}. {rules.CLAIM_TEXT[claim]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 TEMPLATE = """\
 Every number below is computed by the notebooks on **{g.model}** ({g.known} known facts of known_1000,
-fp32, CPU) and read back from `results/{g.model}/` by [`utils/findings.py`](utils/findings.py) (`make readme`
+fp32, CPU) and read back from `results/{g.model}/` by [`utils/companion/findings.py`](utils/companion/findings.py) (`make readme`
 writes this section; a test fails when it differs from the results). Layers are numbered from 0 (the paper's
 figures count from 1). The paper's models are GPT-2 XL and GPT-J; where a finding does not carry over to a
 270M-parameter model, the notebooks say so.
@@ -166,7 +164,7 @@ all facts), the share falls only from {g.any_none:.0%} to {g.any_subject:.0%}.
 
 **The claims ledger (notebook 04).** Each claim of the paper, recomputed from the raw tables of each model, with a
 95% bootstrap interval over facts and a verdict from a rule fixed before any number
-([`utils/ledger.py`](utils/ledger.py); `results/ledger.csv`, the paper's values with their sources in
+([`utils/paper/rules.py`](utils/paper/rules.py); `results/ledger.csv`, the paper's values with their sources in
 [`data/paper_claims.csv`](data/paper_claims.csv)):
 
 {ledger}

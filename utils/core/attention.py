@@ -3,21 +3,21 @@
 The analyses need three things from an attention sublayer: remove query -> key edges before
 the softmax (attention knockout), make a query's attention uniform over what it may see
 (the official code's "block all attention", by zeroing the query), and read the attention
-probabilities and value vectors. Two back-ends provide them:
+probabilities and value vectors. Two access paths provide them:
 
-* :class:`InterfaceBackend` - the model's attention dispatches through transformers'
+* :class:`InterfaceAccess` - the model's attention dispatches through transformers'
   ``AttentionInterface``. We register ``dissect_sdpa`` and ``dissect_eager``, which call the
   stock sdpa or eager function unchanged unless the current forward pass edits that module:
   then the block is merged into whatever mask the model built (None, boolean or additive;
   causal or sliding-window), queries are zeroed, and probabilities and values are read where
   the attention function receives them. The same operation under eager and sdpa attention.
   Runs of the last token over a cached prefix work here.
-* :class:`MaskHookBackend` - attention classes that compute attention themselves (Bloom,
+* :class:`MaskHookAccess` - attention classes that compute attention themselves (Bloom,
   Falcon, GPT-Neo). A pre-hook merges the block into the ``attention_mask`` they are called
   with; queries and values are read from the projection the registry names, split by its
   layout; probabilities from the module's own output (they run in eager mode).
 
-Which one a model gets is decided by looking at the loaded model (:func:`probe_backend`: run
+Which one a model gets is decided by looking at the loaded model (:func:`probe_access`: run
 two tokens and see which attention modules call our functions), never by a flag that can go
 stale when a new transformers release moves a family onto the interface.
 """
@@ -25,27 +25,18 @@ stale when a new transformers release moves a family onto the interface.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
+from transformers import AttentionInterface
+from transformers.integrations import sdpa_attention
+from transformers.integrations.sdpa_attention import repeat_kv
+from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 
-from .hooks import ACTIVE, Hooks, layer_input
+from .hooks import ACTIVE, AttentionEdit, Hooks, layer_input
 
 # --------------------------------------------------------------------------------------
-# What one forward pass does to one attention module
-
-
-@dataclass
-class AttentionEdit:
-    blocked: Tensor | None = None
-    """(B, n, n) True = the edge query -> key is removed."""
-    uniform: Tensor | None = None
-    """(B, n) True = this query attends uniformly (its query vector is zeroed)."""
-    record: list = field(default_factory=list)
-    """Callables ``fn(weights=..., values=...)``: weights (B, H, q, k) and values (B, H_kv, k, d)."""
-    record_empty: object = None
-    """Set by the back-end: takes the (B, 1, q) rows a block left without any key."""
+# Editing the mask
 
 
 def merge_block_into_mask(mask: Tensor | None, blocked: Tensor, q_len: int, k_len: int) -> tuple[Tensor, Tensor]:
@@ -105,8 +96,6 @@ def _eager_for(module) -> callable:
 
 def attention_probabilities(module, query, key, mask, kwargs) -> Tensor:
     """Attention probabilities for sdpa runs, computed as eager attention would."""
-    from transformers.integrations.sdpa_attention import repeat_kv
-
     key = repeat_kv(key, query.shape[1] // key.shape[1])
     scaling = kwargs.get("scaling") or getattr(module, "scaling", query.shape[-1] ** -0.5)
     scores = (query.float() @ key.float().transpose(-1, -2)) * scaling
@@ -124,10 +113,10 @@ def attention_probabilities(module, query, key, mask, kwargs) -> Tensor:
 
 
 _CALLED: set | None = None
-"""While :func:`probe_backend` runs: the attention modules that called our functions."""
+"""While :func:`probe_access` runs: the attention modules that called our functions."""
 
 
-def _make_attention_function(backend: str):
+def _make_attention_function(implementation: str):
     def attention(module, query, key, value, attention_mask, **kwargs):
         if _CALLED is not None:
             _CALLED.add(module)
@@ -141,19 +130,15 @@ def _make_attention_function(backend: str):
                 attention_mask, emptied = merge_block_into_mask(
                     attention_mask, edit.blocked.to(query.device), query.shape[-2], key.shape[-2])
                 edit.record_empty(emptied)
-        if backend == "sdpa":
-            from transformers.integrations.sdpa_attention import sdpa_attention_forward as base
-        else:
-            base = _eager_for(module)
+        base = sdpa_attention.sdpa_attention_forward if implementation == "sdpa" else _eager_for(module)
         out, weights = base(module, query, key, value, attention_mask, **kwargs)
-        if edit is not None and edit.record:
-            probs = weights if weights is not None else attention_probabilities(
-                module, query, key, attention_mask, kwargs)
-            for fn in edit.record:
-                fn(weights=probs, values=value)
+        if edit is not None and edit.read is not None:
+            edit.read.weights = (weights if weights is not None else attention_probabilities(
+                module, query, key, attention_mask, kwargs)).detach()
+            edit.read.values = value.detach()
         return out, weights
 
-    attention.__name__ = f"dissect_{backend}"
+    attention.__name__ = f"dissect_{implementation}"
     return attention
 
 
@@ -169,16 +154,13 @@ def register_attention_functions() -> None:
     global _REGISTERED
     if _REGISTERED:
         return
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
-
-    for backend, mask_fn in (("sdpa", sdpa_mask), ("eager", eager_mask)):
-        AttentionInterface.register(f"dissect_{backend}", _make_attention_function(backend))
-        AttentionMaskInterface.register(f"dissect_{backend}", mask_fn)
+    for implementation, mask_fn in (("sdpa", sdpa_mask), ("eager", eager_mask)):
+        AttentionInterface.register(f"dissect_{implementation}", _make_attention_function(implementation))
+        AttentionMaskInterface.register(f"dissect_{implementation}", mask_fn)
     _REGISTERED = True
 
 
-class InterfaceBackend:
+class InterfaceAccess:
     """Edits applied inside our registered attention functions."""
 
     name = "interface"
@@ -230,7 +212,7 @@ def _zero_queries(x: Tensor, layout: str, uniform: Tensor, n_heads: int, n_kv: i
     return out
 
 
-class MaskHookBackend:
+class MaskHookAccess:
     """Edits applied by hooks around attention classes that do not use the interface."""
 
     name = "mask-hook"
@@ -256,39 +238,34 @@ class MaskHookBackend:
                     + (f"; registry notes: {arch.notes}" if arch.notes else "") + ". variant='zero' works.")
             hooks.edit_output(lm.sub(layer, arch.query), lambda x, u=edit.uniform: _zero_queries(
                 x, arch.qkv_layout, u.to(x.device), **shape))
-        wanted = edit.record
-        if wanted:
+        if edit.read is not None:
             if arch.value is None:
                 raise NotImplementedError(
                     f"reading attention values of {lm.config.model_type} needs the registry fields `value` (the "
                     "module whose output holds the values) and `qkv_layout`.")
-            store = {}
-
-            def read_values(v):  # (B, n, H_kv, d) -> (B, H_kv, n, d)
-                store["values"] = split_qkv(v, arch.qkv_layout, "v", **shape).transpose(1, 2)
+            projected, read = hooks.read_output(lm.sub(layer, arch.value)), edit.read
 
             def read_weights(m, args, output):
                 weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
                 if weights is None:
                     raise NotImplementedError(
                         f"{type(m).__name__} returned no attention probabilities; load the model with "
-                        "attn_backend='eager'.")
-                for fn in wanted:
-                    fn(weights=weights.detach(), values=store.pop("values"))
+                        "attn_implementation='eager'.")
+                read.weights = weights.detach()  # values (B, n, H_kv, d) -> (B, H_kv, n, d)
+                read.values = split_qkv(projected.value, arch.qkv_layout, "v", **shape).transpose(1, 2)
 
-            hooks.read_output(lm.sub(layer, arch.value), read_values)
             hooks.on_output(module, read_weights)
 
 
 # --------------------------------------------------------------------------------------
-# Choosing the back-end of a loaded model
+# Choosing the access path of a loaded model
 
 
 @torch.no_grad()
-def probe_backend(lm):
-    """The back-end for ``lm``, from which of its attention modules call our attention
+def probe_access(lm):
+    """The access path for ``lm``, from which of its attention modules call our attention
     functions on a two-token pass: all -> the interface; none -> the mask hook; some ->
-    an error (a mixed model is not something either back-end handles)."""
+    an error (a mixed model is not something either path handles)."""
     global _CALLED
     _CALLED = set()
     try:
@@ -300,15 +277,15 @@ def probe_backend(lm):
     modules = [lm.sub(i, lm.arch.attention) for i in range(lm.n_layers)]
     through = [m in called for m in modules]
     if all(through):
-        return InterfaceBackend()
+        return InterfaceAccess()
     if not any(through):
-        return MaskHookBackend()
+        return MaskHookAccess()
     raise NotImplementedError(
         f"only layers {[i for i, t in enumerate(through) if t]} of {lm.config.model_type} call transformers' attention "
         "interface: check the registry field `attention`.")
 
 
 __all__ = [
-    "AttentionEdit", "InterfaceBackend", "MaskHookBackend", "as_additive", "attention_probabilities",
-    "merge_block_into_mask", "probe_backend", "register_attention_functions", "split_qkv",
+    "InterfaceAccess", "MaskHookAccess", "as_additive", "attention_probabilities",
+    "merge_block_into_mask", "probe_access", "register_attention_functions", "split_qkv",
 ]

@@ -1,5 +1,5 @@
 """The model check: on every load, the invariants every analysis rests on, verified for the
-loaded model, attention back-end and dtype on one short prompt.
+loaded model, attention access path and dtype on one short prompt.
 
 A registry entry that points at the wrong module, an attention class that bypasses the
 interventions, a sublayer that adds the residual itself, a captured tensor the model later
@@ -31,11 +31,15 @@ import time
 
 import torch
 
+from .forward import Capture, run
+from .heads import head_contributions, reweight, update_from_weights
+from .interventions import BlockAttention, PatchHidden, ZeroSublayer
+
 TOLERANCES = {torch.float32: 1e-4, torch.float16: 3e-2, torch.bfloat16: 6e-2}
 """Relative error allowed (error norm over the norm of the compared vector), by dtype."""
 
-FIELDS = {
-    "clean": "the attention back-end (utils.attention): this project's attention function changed a clean pass",
+INVARIANT_FIELDS = {
+    "clean": "the attention access path (utils.core.attention): this project's attention function changed a clean pass",
     "decomposition": "attn_update / mlp_update (the modules whose outputs are the updates) or layers",
     "heads": "attn_out (its input must be the per-head outputs) or attn_post_norm",
     "block": "attention (the module the knockout reaches); outside the attention interface also value and "
@@ -69,8 +73,6 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def measure(lm) -> tuple[dict[str, float], dict[str, str]]:
     """The error of each invariant on this model (see the module docstring), and for each
     invariant whose measurement itself failed, the exception (its error is then infinite)."""
-    from .interventions import Capture, run
-
     ids = torch.tensor([_prompt(lm)])
     errors, problems = {}, {}
 
@@ -82,7 +84,7 @@ def measure(lm) -> tuple[dict[str, float], dict[str, str]]:
 
     def clean():
         config = lm.model.config
-        ours_impl, config._attn_implementation = config._attn_implementation, lm.attn_backend  # the stock function
+        ours_impl, config._attn_implementation = config._attn_implementation, lm.attn_implementation  # the stock function
         try:
             own = lm.model(input_ids=ids.to(lm.device), use_cache=False, logits_to_keep=1).logits
         finally:
@@ -127,8 +129,6 @@ def _decomposition(lm, a) -> float:
 
 
 def _heads(lm, a) -> float:
-    from .extraction import head_contributions
-
     device = a["resid"].device
     worst = 0.0
     for layer in range(lm.n_layers):
@@ -141,9 +141,6 @@ def _intervened(lm, ids, state) -> None:
     """One batched pass for ``block``, ``zero`` and ``patch``: row 0 blocks the edge from the
     last position that matters most at the middle layer; row 1 zeroes the last MLP; row 2 one
     layer's attention; row 3 patches that layer's input with its own clean value."""
-    from .extraction import reweight, update_from_weights
-    from .interventions import BlockAttention, Capture, PatchHidden, ZeroSublayer, run
-
     a, n, L = state["acts"], ids.shape[1], lm.n_layers
     layer, last = L // 2, n - 1
     weights = a["attn_weights"][layer][:, last].float().mean(0).clone()  # (n,) over heads
@@ -192,7 +189,7 @@ def check_model(lm, raise_on_failure: bool = True) -> dict:
     errors, problems = measure(lm)
     failed = [name for name, error in errors.items() if not error <= tolerance]  # NaN fails too
     report = {"status": "failed" if failed else "passed", "dtype": str(lm.dtype).replace("torch.", ""),
-              "attention_backend": getattr(lm.attention_backend, "name", None), "tolerance": tolerance,
+              "attention_access": getattr(lm.attention_access, "name", None), "tolerance": tolerance,
               "errors": {k: float(f"{v:.3g}") for k, v in errors.items()}, "failed": failed,
               "seconds": round(time.perf_counter() - started, 3)}
     if failed and raise_on_failure:
@@ -206,8 +203,8 @@ def check_model(lm, raise_on_failure: bool = True) -> dict:
             what = f"measured relative error {error:.3g} > tolerance {tolerance:g}"
         raise ModelCheckError(
             f"Model check failed for {lm.name} (model_type {lm.config.model_type!r}, {report['dtype']}, "
-            f"{lm.attn_backend} attention via the {report['attention_backend']} back-end): invariant {name!r}, "
-            f"{what}. Registry field(s) to look at: {FIELDS[name]}. All errors: {report['errors']}. "
+            f"{lm.attn_implementation} attention reached through the {report['attention_access']} path): invariant {name!r}, "
+            f"{what}. Registry field(s) to look at: {INVARIANT_FIELDS[name]}. All errors: {report['errors']}. "
             "To run anyway (the metadata will say the check was skipped), load with check=False.")
     return report
 
@@ -215,11 +212,11 @@ def check_model(lm, raise_on_failure: bool = True) -> dict:
 def capabilities(lm) -> dict[str, str]:
     """What runs on this model, read off the loaded model and its registry entry (the README's
     table of families is checked against this)."""
-    interface = lm.attention_backend.name == "interface"
+    interface = lm.attention_access.name == "interface"
     arch = lm.arch
     return {
         "attention reached": "interface" if interface else "hooks",
-        "cached prefix": "yes" if lm.attention_backend.prefix_cache else "no",
+        "cached prefix": "yes" if lm.attention_access.prefix_cache else "no",
         "uniform attention knockout": "yes" if interface or arch.query else "refused",
         "official MLP knockout": "yes" if arch.mlp_out else "refused",
         "attention values": "yes" if interface or arch.value else "refused",
@@ -231,7 +228,7 @@ def summary(report: dict | None) -> dict | None:
     if report is None:
         return None
     return {k: v for k, v in report.items() if k in ("status", "reason", "tolerance", "errors", "failed",
-                                                     "attention_backend")}
+                                                     "attention_access")}
 
 
-__all__ = ["FIELDS", "ModelCheckError", "TOLERANCES", "capabilities", "check_model", "measure", "summary"]
+__all__ = ["INVARIANT_FIELDS", "ModelCheckError", "TOLERANCES", "capabilities", "check_model", "measure", "summary"]

@@ -2,10 +2,11 @@
 
 In the spirit of baukit's ``Trace``/``TraceDict``: a context manager that reads or edits a
 module's input or output, or stops the forward pass after a module, and removes everything
-it installed on exit. Interventions (:mod:`utils.interventions`) and the attention back-ends
-(:mod:`utils.attention`) install themselves through it; no analysis registers a hook of its
-own. State that one forward pass needs (the edits of each attention module) lives on the
-:class:`Hooks` object, never on transformers' objects.
+it installed on exit. Interventions (:mod:`utils.core.interventions`) and the attention access paths
+(:mod:`utils.core.attention`) install themselves through it; no analysis registers a hook of
+its own. State that one forward pass needs (the edits of each attention module) lives on the
+:class:`Hooks` object, never on transformers' objects, and what a pass reads comes back in a
+:class:`Read` holder the caller keeps.
 
 Two things make hooks on real models subtle, and are handled here once:
 
@@ -20,6 +21,7 @@ Two things make hooks on real models subtle, and are handled here once:
 from __future__ import annotations
 
 import contextvars
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -30,9 +32,40 @@ class StopForward(Exception):
     """Raised after the module given to :meth:`Hooks.stop_after`: the rest of the model never runs."""
 
 
+@dataclass
+class Read:
+    """What a read hook saw during the last pass: ``value`` is None until the module has run.
+    A module that runs several times in one pass (a shared block) keeps its last value."""
+
+    value: object = None
+
+
+@dataclass
+class AttentionRead:
+    """The attention probabilities (B, H, q, k) and value vectors (B, H_kv, k, head_dim) one
+    attention module saw in a pass, as the access path of the model found them."""
+
+    weights: Tensor | None = None
+    values: Tensor | None = None
+
+
+@dataclass
+class AttentionEdit:
+    """What one forward pass does to one attention module."""
+
+    blocked: Tensor | None = None
+    """(B, n, n) True = the edge query -> key is removed."""
+    uniform: Tensor | None = None
+    """(B, n) True = this query attends uniformly (its query vector is zeroed)."""
+    read: AttentionRead | None = None
+    """Where the probabilities and values are put, when someone asked for them."""
+    record_empty: object = None
+    """Set by the access path: takes the (B, 1, q) rows a block left without any key."""
+
+
 ACTIVE: contextvars.ContextVar[dict | None] = contextvars.ContextVar("dissect_active_attention", default=None)
 """The attention edits of the forward pass being run: ``{attention module: AttentionEdit}``,
-read by the attention functions registered with transformers (:mod:`utils.attention`)."""
+read by the attention functions registered with transformers (:mod:`utils.core.attention`)."""
 
 
 def first_output(output):
@@ -53,20 +86,6 @@ def with_layer_input(args, kwargs, new):
     if args:
         return (new, *args[1:]), kwargs
     return args, {**kwargs, "hidden_states": new}
-
-
-def execution_device(module: torch.nn.Module) -> torch.device:
-    """Where ``module`` computes: accelerate's execution device when it dispatched the module
-    (its weights may then sit on ``meta`` until the module runs), else where its first
-    parameter or buffer lives."""
-    for sub in module.modules():  # the module's own hook first, then its submodules' (offloaded leaves)
-        device = getattr(getattr(sub, "_hf_hook", None), "execution_device", None)
-        if device is not None:
-            return torch.device(device if not isinstance(device, int) else f"cuda:{device}")
-    for tensor in list(module.parameters()) + list(module.buffers()):
-        if tensor.device.type != "meta":
-            return tensor.device
-    return torch.device("cpu")
 
 
 def put_back_offloaded(model: torch.nn.Module) -> None:
@@ -90,18 +109,17 @@ class Hooks:
     """Hooks for one forward pass of ``lm``; a context manager that removes them on exit.
 
     ``n_tokens`` is the sequence length of the pass (to unflatten (B * n, d) tensors).
-    Functions given to ``read_*`` receive a clone, so a model that later changes the tensor
-    in place (Falcon adds its attention output into its MLP output) cannot change what was
-    read.
+    What ``read_*`` returns holds a clone, so a model that later changes the tensor in place
+    (Falcon adds its attention output into its MLP output) cannot change what was read.
     """
 
     def __init__(self, lm, n_tokens: int | None = None):
         self.lm = lm
         self.n_tokens = n_tokens
         self.handles: list = []
-        self.attention_edits: dict[int, object] = {}
-        """layer -> :class:`utils.attention.AttentionEdit`, installed by the model's attention
-        back-end when the pass starts."""
+        self.attention_edits: dict[int, AttentionEdit] = {}
+        """layer -> its :class:`AttentionEdit`, installed by the model's attention access path
+        when the pass starts."""
         self.checks: list[Callable[[], None]] = []
         """Run after the pass (e.g. a knockout that emptied a query row is reported once, with a
         single device synchronisation, instead of once per layer)."""
@@ -139,18 +157,46 @@ class Hooks:
 
         self.on_output(module, hook)
 
-    def read_input(self, module, fn: Callable[[Tensor], None]) -> None:
-        """``fn`` receives a clone of the hidden states ``module`` is called with, as (B, n, d)."""
-        self.on_input(module, lambda m, args, kwargs: fn(_as_bnd(layer_input(args, kwargs), self.n_tokens)[0]
-                                                         .detach().clone()))
+    def read_input(self, module) -> Read:
+        """The hidden states ``module`` is called with, as (B, n, d), cloned."""
+        return self._read(module, lambda args, kwargs: layer_input(args, kwargs), before=True)
 
-    def read_first_arg(self, module, fn: Callable[[Tensor], None]) -> None:
-        self.on_input(module, lambda m, args, kwargs: fn(_as_bnd(args[0], self.n_tokens)[0].detach().clone()))
+    def read_first_arg(self, module) -> Read:
+        """The first positional input of ``module``, as (B, n, d), cloned."""
+        return self._read(module, lambda args, kwargs: args[0], before=True)
 
-    def read_output(self, module, fn: Callable[[Tensor], None]) -> None:
-        """``fn`` receives a clone of ``module``'s main output, as (B, n, d)."""
-        self.on_output(module, lambda m, args, output: fn(_as_bnd(first_output(output), self.n_tokens)[0]
-                                                          .detach().clone()))
+    def read_output(self, module) -> Read:
+        """``module``'s main output, as (B, n, d), cloned."""
+        return self._read(module, lambda args, output: first_output(output), before=False)
+
+    def read_call(self, module) -> Read:
+        """The ``(args, kwargs)`` ``module`` is called with (to call it again later)."""
+        found = Read()
+
+        def keep(m, args, kwargs):
+            found.value = (args, kwargs)
+
+        self.on_input(module, keep)
+        return found
+
+    def _read(self, module, pick, before: bool) -> Read:
+        found = Read()
+
+        def keep(m, args, second):
+            found.value = _as_bnd(pick(args, second), self.n_tokens)[0].detach().clone()
+
+        if before:
+            self.on_input(module, keep)
+        else:
+            self.on_output(module, keep)
+        return found
+
+    def read_attention(self, layer: int) -> AttentionRead:
+        """The attention probabilities and values of layer ``layer`` in this pass."""
+        edit = self.attention(layer)
+        if edit.read is None:
+            edit.read = AttentionRead()
+        return edit.read
 
     def stop_after(self, module) -> None:
         """End the forward pass once ``module`` has run."""
@@ -161,8 +207,6 @@ class Hooks:
 
     def attention(self, layer: int):
         """The edit of layer ``layer``'s attention for this pass (created on first use)."""
-        from .attention import AttentionEdit
-
         if layer not in self.attention_edits:
             if not 0 <= layer < self.lm.n_layers:
                 raise ValueError(f"layer {layer} out of range for {self.lm.n_layers} layers")
@@ -177,10 +221,10 @@ class Hooks:
 
     def call(self, module, *args, **kwargs):
         """Run ``module`` (the model, or one of its layers) with these hooks."""
-        backend = self.lm.attention_backend
+        access = self.lm.attention_access
         active = {}
         for layer, edit in self.attention_edits.items():
-            backend.install(self.lm, self, layer, edit, active)
+            access.install(self.lm, self, layer, edit, active)
         self._token = ACTIVE.set(active)
         try:
             out = module(*args, **kwargs)
@@ -208,6 +252,6 @@ class Hooks:
 
 
 __all__ = [
-    "ACTIVE", "Hooks", "StopForward", "execution_device", "first_output", "layer_input", "put_back_offloaded",
-    "replace_first_output", "with_layer_input",
+    "ACTIVE", "AttentionEdit", "AttentionRead", "Hooks", "Read", "StopForward", "first_output", "layer_input",
+    "put_back_offloaded", "replace_first_output", "with_layer_input",
 ]

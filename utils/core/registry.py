@@ -4,73 +4,62 @@ The registry is data only, keyed by ``config.model_type``: module paths are dott
 relative to the model (``layers``, ``final_norm``) or to one decoder layer (everything
 else). Adding a family means adding one entry here; nothing else in ``utils`` names a
 module of a specific architecture. Every load checks the entry against the model's own
-computation (:mod:`utils.checks`), so a wrong entry fails loudly, naming the field to fix.
+computation (:mod:`utils.core.checks`), so a wrong entry fails loudly, naming the field to fix.
 
 How attention is reached (through transformers' attention interface, or by hooks around
 attention classes that compute it themselves) is not stored here: it is read off the
-loaded model (:func:`utils.attention.probe_backend`). The fields ``query``, ``value`` and
+loaded model (:func:`utils.core.attention.probe_access`). The fields ``query``, ``value`` and
 ``qkv_layout`` are only used for families outside the interface.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, fields, replace
+
+
+def _field(help: str, **default):
+    """A registry field with its meaning, which error messages quote (:func:`field_help`)."""
+    return field(metadata={"help": help}, **default)
 
 
 @dataclass(frozen=True)
 class ArchSpec:
-    layers: str
-    """The ``nn.ModuleList`` of decoder layers (relative to the model)."""
-    attention: str
-    """The attention module: called with ``attention_mask=`` as a keyword; for families
-    outside the attention interface its output is (update, probabilities)."""
-    attn_out: str
-    """The attention output projection; its input holds the per-head outputs."""
-    attn_update: str
-    """The module whose output is the attention update added to the residual stream: the
-    output projection, or a norm applied after it (Gemma 2/3, OLMo 2). Not the attention
-    module where that module adds the residual itself (Bloom)."""
-    mlp_update: str
-    """The module whose output is the MLP update added to the residual stream."""
-    mlp_out: str | None
-    """The MLP output projection; its input is the vector of MLP coefficients. None where
-    there is no single one (a mixture of experts): the official MLP knockout, which zeroes
-    the coefficients, is then refused."""
-    final_norm: str
-    """The norm before the output head (relative to the model)."""
-    attn_post_norm: str | None = None
-    """A norm between the attention output projection and the residual stream (Gemma 2/3,
-    OLMo 2): a head's share of the update passes through it."""
-    parallel_block: bool = False
-    """Attention and MLP both read the layer's input (GPT-J, GPT-NeoX, Phi, Falcon, Cohere):
-    informational; the analyses read both updates the same way either way."""
-    query: str | None = None
-    """Families outside the attention interface: the module whose output holds the queries
-    (for the official uniform-attention knockout)."""
-    value: str | None = None
-    """Families outside the attention interface: the module whose output holds the values."""
-    qkv_layout: str = "separate"
-    """How ``query``/``value`` outputs are laid out: ``separate``, ``concat`` ([q | k | v]),
-    ``per_head`` (per head [q | k | v]) or ``grouped`` (per key-value group)."""
-    notes: str = ""
-    """What does not carry over to this family, said where a user looks."""
+    """Where one family keeps the parts the analyses touch (dotted module paths)."""
+
+    layers: str = _field("the ModuleList of decoder layers, relative to the model (e.g. 'model.layers')")
+    attention: str = _field("the attention module inside a layer (e.g. 'self_attn'), called with attention_mask= as "
+                            "a keyword; for families outside the attention interface its output is (update, "
+                            "probabilities)")
+    attn_out: str = _field("the attention output projection; its input holds the per-head outputs "
+                           "(e.g. 'self_attn.o_proj')")
+    attn_update: str = _field("the module whose output is exactly what attention adds to the residual stream: the "
+                              "output projection, or a norm after it (Gemma 2/3, OLMo 2); not a module that adds the "
+                              "residual itself (Bloom)")
+    mlp_update: str = _field("the module whose output is exactly what the MLP adds to the residual stream")
+    mlp_out: str | None = _field("the MLP output projection, whose input is the MLP's hidden units; None where there "
+                                 "is no single one (a mixture of experts): the official MLP knockout, which zeroes "
+                                 "the hidden units, is then refused")
+    final_norm: str = _field("the norm before the output head, relative to the model (e.g. 'model.norm')")
+    attn_post_norm: str | None = _field("a norm between the attention output projection and the residual stream, "
+                                        "if any (Gemma 2/3, OLMo 2): a head's share of the update passes through it",
+                                        default=None)
+    parallel_block: bool = _field("attention and MLP both read the layer's input (GPT-J, GPT-NeoX, Phi, Falcon, "
+                                  "Cohere): informational; the analyses read both updates the same way either way",
+                                  default=False)
+    query: str | None = _field("outside the attention interface only: the module whose output holds the queries "
+                               "(for the official uniform-attention knockout)", default=None)
+    value: str | None = _field("outside the attention interface only: the module whose output holds the values",
+                               default=None)
+    qkv_layout: str = _field("outside the attention interface only: how the query/value outputs are laid out: "
+                             "separate, concat ([q|k|v]), per_head (per head [q|k|v]) or grouped (per key-value "
+                             "group)", default="separate")
+    notes: str = _field("what does not carry over to this family, said where a user looks", default="")
 
 
-FIELD_HELP = {
-    "layers": "the ModuleList of decoder layers, relative to the model (e.g. 'model.layers')",
-    "attention": "the attention module inside a layer (e.g. 'self_attn')",
-    "attn_out": "the attention output projection; its input holds the per-head outputs (e.g. 'self_attn.o_proj')",
-    "attn_update": "the module whose output is exactly what attention adds to the residual stream (the output "
-                   "projection, or a norm after it; not a module that adds the residual itself)",
-    "mlp_update": "the module whose output is exactly what the MLP adds to the residual stream",
-    "mlp_out": "the MLP output projection, whose input is the MLP's hidden units (None for a mixture of experts)",
-    "final_norm": "the norm before the output head, relative to the model (e.g. 'model.norm')",
-    "attn_post_norm": "a norm between the attention output projection and the residual stream, if any",
-    "query": "outside the attention interface only: the module whose output holds the queries",
-    "value": "outside the attention interface only: the module whose output holds the values",
-    "qkv_layout": "outside the attention interface only: separate, concat ([q|k|v]), per_head or grouped",
-}
-"""What each field means, for error messages."""
+def field_help(name: str) -> str:
+    """What a registry field means, for error messages."""
+    return next(f.metadata["help"] for f in fields(ArchSpec) if f.name == name)
+
 
 _LLAMA_LIKE = dict(
     layers="model.layers",
@@ -147,11 +136,11 @@ def arch_spec(config) -> ArchSpec:
             spec = _falcon(spec, config)
         return spec
     raise NotImplementedError(
-        f"Architecture {model_type!r} is not in utils.registry.REGISTRY (supported: {', '.join(sorted(REGISTRY))}). "
+        f"Architecture {model_type!r} is not in utils.core.registry.REGISTRY (supported: {', '.join(sorted(REGISTRY))}). "
         f"Add an ArchSpec entry keyed {model_type!r} (print the model to see its module names). The fields that "
         "decide whether the numbers are right:\n"
-        + "\n".join(f"  {name}: {FIELD_HELP[name]}" for name in _FILL)
-        + "\nThen load the model: its check (utils.checks) verifies the entry against the model's own computation "
+        + "\n".join(f"  {name}: {field_help(name)}" for name in _FILL)
+        + "\nThen load the model: its check (utils.core.checks) verifies the entry against the model's own computation "
         "and names the field behind any failure."
     )
 

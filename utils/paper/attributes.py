@@ -32,8 +32,11 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import pandas as pd
+from rank_bm25 import BM25Okapi
 
-from .results import PROJECT_ROOT
+from ..core.projection import vocabulary
+from ..paths import PROJECT_ROOT, cache_dir
+from ..runs.progress import progress as progress_line
 
 STOPWORDS_FILE = PROJECT_ROOT / "data" / "nltk_stopwords_english.txt"
 MAX_PARAGRAPHS = 100
@@ -67,8 +70,6 @@ def attribute_set(lm, paragraphs: str) -> frozenset[str]:
     table the projections are decoded with, so the two sides compare as the official code
     does (exact strings). No BOS is added: it would enter every set as a token.
     """
-    from .projection import vocabulary
-
     vocab = vocabulary(lm)
     ids = lm.tokenizer(paragraphs, add_special_tokens=False)["input_ids"]
     return frozenset(t for t in {vocab[i] for i in ids} if keep_attribute_token(t))
@@ -113,8 +114,6 @@ class LocalCorpus:
     """BM25 (Okapi, via ``rank_bm25``) over a list of paragraphs, titles included in the index."""
 
     def __init__(self, paragraphs: Iterable[Paragraph], name: str = "local corpus"):
-        from rank_bm25 import BM25Okapi
-
         self.paragraphs = list(paragraphs)
         if not self.paragraphs:
             raise ValueError("an empty corpus cannot be searched")
@@ -147,8 +146,6 @@ def build_paragraphs_file(subjects: Iterable[str], source, path: str | Path, k: 
     The file is the official notebook's CSV, so an interrupted build resumes, and the file can
     be shared with (or replaced by one from) other users.
     """
-    from .progress import progress as progress_line
-
     path = Path(path)
     done = read_paragraphs(path) if path.exists() else pd.DataFrame(columns=["subject", "paragraphs"])
     finished = set(done.subject)
@@ -268,8 +265,6 @@ def load_paragraphs(source: str, subjects: Iterable[str], cache: str | Path | No
     if source == "wiki-vital":
         return build_paragraphs(subjects, wiki_vital_corpus()), "PROXY: Wikipedia Vital Articles (lead sections)"
     if source == "wikipedia":
-        from .models import cache_dir
-
         path = Path(cache or cache_dir() / "attributes" / "wikipedia_paragraphs.csv")
         table = build_paragraphs_file(subjects, WikipediaSearch(), path)
         return table[table.subject.isin(subjects)], f"Wikipedia paragraphs (live, cached at {path.name})"

@@ -1,17 +1,17 @@
 """Subject enrichment (paper §4): how much the subject's representation says about the subject.
 
-* **Attributes rate** (E3): project a hidden state to the vocabulary (``project``, paper mode),
+* **Attributes rate**: project a hidden state to the vocabulary (``project``, paper mode),
   take the top ``top_k`` (500) tokens, drop stopwords and tokens of two characters or less, keep
   the first ``kept`` (50) and count the share that is in the subject's attribute set (exact
   strings, leading space and case included). Measured per layer at five positions, plus the
   static-embedding baseline (the mean input embedding of the subject's tokens).
-* **Sublayer knockouts** (E4): the attributes rate of the last-subject representation at one
+* **Sublayer knockouts**: the attributes rate of the last-subject representation at one
   layer when a window of MLP (or attention) sublayers before it is knocked out at every position.
 * A complement that needs no external text: the rank of the fact's own attribute token (the
   model's prediction) in the same projections.
 
 All top-k work happens on the model's device in one batch per fact; token strings come from the
-vocabulary table decoded once (``projection.vocabulary``).
+vocabulary table decoded once (:func:`utils.core.projection.vocabulary`).
 """
 
 from __future__ import annotations
@@ -19,20 +19,61 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import random
 from dataclasses import dataclass
 
 import pandas as pd
 import torch
 from torch import Tensor
 
+from ..core.forward import Capture, hidden_after, run
+from ..core.interventions import ZeroSublayer
+from ..core.projection import module_weights, project, token_ranks, vocabulary
+from ..runs.results import sweep
 from .attributes import keep_predicted_token
-from .interventions import Capture, ZeroSublayer, first_layer, intervene, run
-from .projection import module_weights, project, token_ranks, vocabulary
-from .results import sweep
+from .facts import Fact, as_facts, subject_positions
 
 POSITIONS = ("input first", "subject first", "subject last", "subject subseq.", "input last")
 BASELINE = "static embedding"
 PAPER_LAYERS, PAPER_REPR_LAYER, PAPER_WINDOW = 48, 40, 10
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The paper's settings for §4; layers given as None are the paper's, scaled to the model's depth."""
+
+    top_k: int = 500
+    """Tokens read from each projection (paper: 500)."""
+    kept: int = 50
+    """Clean tokens evaluated (paper: 50)."""
+    representation_layer: int | None = None
+    """The block whose output the knockouts are read at (paper: 40 of GPT-2 XL's 48)."""
+    knockout_window: int | None = None
+    """Layers per knockout window (paper: 10 of 48)."""
+    knockout_extra_layer: bool = True
+    """The official code knocks out one layer more than the window."""
+    knockout_variants: tuple[str, ...] = ("zero", "official")
+    """"zero" removes the update; "official" keeps the MLP bias and makes attention uniform."""
+    knockout_chunks: int = 3
+    """Batches per fact in the knockout sweep (later windows share the layers below)."""
+    example_subjects: tuple[str, ...] = ("Beats Music", "Iron Man", "Roman Republic")
+    """Subjects of the worked examples (the paper's), where the model knows them."""
+    prepend_sink: bool | None = None
+    """As in notebook 00, whose known set is reused."""
+    threads: int = 0
+    """Torch CPU threads; 0 keeps torch's default."""
+
+    def __post_init__(self):
+        for name in ("knockout_variants", "example_subjects"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+
+    def knockout_layers(self, n_layers: int) -> tuple[int, int, list[tuple[int, ...]]]:
+        """The representation layer, the window size and the windows, for a model's depth."""
+        layer = (self.representation_layer if self.representation_layer is not None
+                 else scaled_layer(n_layers, PAPER_REPR_LAYER))
+        size = self.knockout_window or scaled_layer(n_layers, PAPER_WINDOW)
+        return layer, size, knockout_windows(layer, size, self.knockout_extra_layer)
+
 
 
 def positions_of(fact) -> dict[str, int]:
@@ -102,8 +143,6 @@ def mismatched(attributes: dict[str, frozenset[str]], seed: int = 0) -> dict[str
     words ("first", "city", "century") with any representation, and only the excess of the
     own-subject rate over this control is specific to the subject.
     """
-    import random
-
     subjects = sorted(attributes)
     random.Random(seed).shuffle(subjects)
     return {s: attributes[subjects[(i + 1) % len(subjects)]] for i, s in enumerate(subjects)} if len(subjects) > 1 else {}
@@ -117,7 +156,7 @@ def digest(attributes: dict[str, frozenset[str]]) -> str:
 
 
 # --------------------------------------------------------------------------------------
-# E3: attributes rate by position and layer
+# The attributes rate by position and layer
 
 
 def static_subject_ids(lm, fact) -> list[int]:
@@ -127,15 +166,13 @@ def static_subject_ids(lm, fact) -> list[int]:
     space-prefixed tokens (" Beats", not "Be"+"ats"); we prepend the model's sink token and a
     space the same way.
     """
-    from .data import subject_positions
-
     text = " " + fact["prompt"]
     ids, spans = lm.encode(text, prepend_sink=True if lm.sink_token_id is not None else None, offsets=True)
     return [ids[i] for i in subject_positions(spans, text, fact["subject"])]
 
 
 @torch.no_grad()
-def enrichment_rows(lm, fact: dict, attributes: frozenset[str] | None, top_k: int = 500, kept: int = 50,
+def enrichment_rows(lm, fact: Fact, attributes: frozenset[str] | None, settings: Settings = Settings(),
                     mode: str = "paper", top_tokens: int = 0, control: frozenset[str] | None = None) -> list[dict]:
     """One fact's attributes rate and attribute rank at every (position, layer), plus the
     static-embedding baseline (``layer=-1``).
@@ -154,7 +191,7 @@ def enrichment_rows(lm, fact: dict, attributes: frozenset[str] | None, top_k: in
         static = weight[torch.tensor(static_ids, device=weight.device)].mean(0)  # the baseline's vector
     vectors = torch.cat([hidden.flatten(0, 1), static[None].to(hidden.device)])
     scores = project(lm, vectors, mode)
-    tokens = clean_top_tokens(lm, scores, top_k, kept)
+    tokens = clean_top_tokens(lm, scores, settings.top_k, settings.kept)
     ranks = token_ranks(scores, int(fact["pred_token_id"])).tolist()
     labels = [(layer, name) for layer in range(lm.n_layers) for name in positions] + [(-1, BASELINE)]
     rows = []
@@ -170,39 +207,26 @@ def enrichment_rows(lm, fact: dict, attributes: frozenset[str] | None, top_k: in
 
 
 # --------------------------------------------------------------------------------------
-# E4: sublayer knockouts
+# Sublayer knockouts
+
+
 
 
 @torch.no_grad()
-def hidden_after(lm, input_ids, rows, layer: int, position: int) -> Tensor:
-    """``hidden_states[layer + 1]`` (the output of block ``layer``) at ``position`` for every
-    row of interventions (B, d). Layers after ``layer`` and the head are never run, and the
-    layers before the first intervened one run once for all rows."""
-    ids = torch.as_tensor(input_ids, dtype=torch.long).reshape(1, -1)
-    starts = [first_layer(r) for r in rows]
-    expand_at = 0 if None in starts else min(starts)
-    captured = {}
-    with intervene(lm, rows, ids.shape[1], expand_at=expand_at) as hooks:
-        hooks.read_output(lm.layers[layer], lambda h: captured.__setitem__("h", h[:, position]))
-        hooks.stop_after(lm.layers[layer])
-        hooks.forward(input_ids=ids.to(lm.device), use_cache=False)
-    return captured["h"]
-
-
-@torch.no_grad()
-def knockout_rows(lm, fact: dict, attributes: frozenset[str] | None, repr_layer: int, windows, variant: str = "zero",
-                  top_k: int = 500, kept: int = 50, mode: str = "paper", chunks: int = 1,
+def knockout_rows(lm, fact: Fact, attributes: frozenset[str] | None, variant: str = "zero",
+                  settings: Settings = Settings(), mode: str = "paper",
                   control: frozenset[str] | None = None) -> list[dict]:
-    """One fact's attributes rate at the last subject token of ``hidden_states[repr_layer+1]``
-    with no intervention and with each window of MLP / attention sublayers knocked out (at every
-    position, as the official code does).
+    """One fact's attributes rate at the last subject token of the output of the representation
+    layer (``settings.knockout_layers``) with no intervention and with each window of MLP /
+    attention sublayers knocked out (at every position, as the official code does).
 
-    Window starts are split into ``chunks`` batches: a batch whose windows start late shares the
-    layers below its first window, which saves up to half of the work for a few more passes.
-    The clean row is repeated for every start, as in the official table.
+    Window starts are split into ``settings.knockout_chunks`` batches: a batch whose windows
+    start late shares the layers below its first window, which saves up to half of the work for
+    a few more passes. The clean row is repeated for every start, as in the official table.
     """
+    repr_layer, _, windows = settings.knockout_layers(lm.n_layers)
     position = int(fact["subject_last"])
-    chunks = max(1, min(chunks, len(windows)))  # a shallow model may have fewer window starts than chunks
+    chunks = max(1, min(settings.knockout_chunks, len(windows)))  # a shallow model may have fewer window starts than chunks
     bounds = [round(i * len(windows) / chunks) for i in range(chunks + 1)]
     configs, hidden = [], []
     for lo, hi in zip(bounds, bounds[1:]):
@@ -212,7 +236,7 @@ def knockout_rows(lm, fact: dict, attributes: frozenset[str] | None, repr_layer:
         hidden.append(hidden_after(lm, fact["input_ids"], rows, repr_layer, position))
         configs += group
     scores = project(lm, torch.cat(hidden), mode)
-    tokens = clean_top_tokens(lm, scores, top_k, kept)
+    tokens = clean_top_tokens(lm, scores, settings.top_k, settings.kept)
     ranks = token_ranks(scores, int(fact["pred_token_id"])).tolist()
     out = []
     for (kind, start), toks, rank in zip(configs, tokens, ranks):
@@ -229,37 +253,30 @@ def knockout_rows(lm, fact: dict, attributes: frozenset[str] | None, repr_layer:
 # --------------------------------------------------------------------------------------
 # Sweeps over a known set (resumable, saved to results/<model>/)
 
-FACT_FIELDS = ("known_id", "subject", "prompt", "input_ids", "subject_first", "subject_last", "n_tokens",
-               "has_sink", "pred_token_id")
-
-
-def fact_items(facts: pd.DataFrame) -> list[dict]:
-    return [{k: (list(v) if k == "input_ids" else v) for k, v in fact.items() if k in FACT_FIELDS}
-            for fact in facts.to_dict("records")]
-
-
 def attributes_rate_sweep(lm, facts: pd.DataFrame, attributes: dict[str, frozenset[str]], params: dict,
-                          top_k: int = 500, kept: int = 50, mode: str = "paper",
+                          settings: Settings = Settings(), mode: str = "paper",
                           name: str = "attributes_rate") -> pd.DataFrame:
-    """E3 over ``facts``: ``results/<model>/<name>.csv``. ``params`` names what else decides
-    the numbers (dataset, attribute source); the attribute sets' digest is added."""
-    params = {**params, "top_k": top_k, "kept": kept, "projection": mode, "attributes": digest(attributes)}
+    """The attributes rate over ``facts``: ``results/<model>/<name>.csv``. ``params`` names what
+    else decides the numbers (dataset, attribute source); the attribute sets' digest is added."""
+    params = {**params, "top_k": settings.top_k, "kept": settings.kept, "projection": mode,
+              "attributes": digest(attributes)}
     controls = mismatched(attributes)
-    return sweep(name, lm, params, fact_items(facts),
-                 lambda f: enrichment_rows(lm, f, attributes.get(f["subject"]), top_k, kept, mode,
+    return sweep(name, lm, params, as_facts(facts),
+                 lambda f: enrichment_rows(lm, f, attributes.get(f["subject"]), settings, mode,
                                            control=controls.get(f["subject"])))
 
 
-def knockout_sweep(lm, facts: pd.DataFrame, attributes: dict[str, frozenset[str]], params: dict, repr_layer: int,
-                   windows, variant: str = "zero", top_k: int = 500, kept: int = 50, mode: str = "paper",
-                   chunks: int = 1) -> pd.DataFrame:
-    """E4 over ``facts``: ``results/<model>/sublayer_knockout_<variant>.csv``."""
-    params = {**params, "top_k": top_k, "kept": kept, "projection": mode, "attributes": digest(attributes),
-              "repr_layer": repr_layer, "windows": [list(w) for w in windows], "variant": variant}
+def knockout_sweep(lm, facts: pd.DataFrame, attributes: dict[str, frozenset[str]], params: dict,
+                   variant: str = "zero", settings: Settings = Settings(), mode: str = "paper") -> pd.DataFrame:
+    """The sublayer knockouts over ``facts``: ``results/<model>/sublayer_knockout_<variant>.csv``."""
+    repr_layer, _, windows = settings.knockout_layers(lm.n_layers)
+    params = {**params, "top_k": settings.top_k, "kept": settings.kept, "projection": mode,
+              "attributes": digest(attributes), "repr_layer": repr_layer, "windows": [list(w) for w in windows],
+              "variant": variant}
     controls = mismatched(attributes)
-    return sweep(f"sublayer_knockout_{variant}", lm, params, fact_items(facts),
-                 lambda f: knockout_rows(lm, f, attributes.get(f["subject"]), repr_layer, windows, variant,
-                                         top_k, kept, mode, chunks, controls.get(f["subject"])))
+    return sweep(f"sublayer_knockout_{variant}", lm, params, as_facts(facts),
+                 lambda f: knockout_rows(lm, f, attributes.get(f["subject"]), variant, settings, mode,
+                                         controls.get(f["subject"])))
 
 
 # --------------------------------------------------------------------------------------
@@ -298,41 +315,3 @@ def knockout_summary(table: pd.DataFrame, parts: int = 3) -> pd.DataFrame:
     # needs two subjects; without one its columns stay, empty
 
 
-# --------------------------------------------------------------------------------------
-# Notebook 02's advanced settings
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The paper's settings for §4; layers given as None are the paper's, scaled to the model's depth."""
-
-    top_k: int = 500
-    """Tokens read from each projection (paper: 500)."""
-    kept: int = 50
-    """Clean tokens evaluated (paper: 50)."""
-    representation_layer: int | None = None
-    """The block whose output the knockouts are read at (paper: 40 of GPT-2 XL's 48)."""
-    knockout_window: int | None = None
-    """Layers per knockout window (paper: 10 of 48)."""
-    knockout_extra_layer: bool = True
-    """The official code knocks out one layer more than the window."""
-    knockout_variants: tuple[str, ...] = ("zero", "official")
-    """"zero" removes the update; "official" keeps the MLP bias and makes attention uniform."""
-    knockout_chunks: int = 3
-    """Batches per fact in the knockout sweep (later windows share the layers below)."""
-    example_subjects: tuple[str, ...] = ("Beats Music", "Iron Man", "Roman Republic")
-    """Subjects of the worked examples (the paper's), where the model knows them."""
-    prepend_sink: bool | None = None
-    """As in notebook 00, whose known set is reused."""
-    threads: int = 0
-    """Torch CPU threads; 0 keeps torch's default."""
-
-    def __post_init__(self):
-        for name in ("knockout_variants", "example_subjects"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
-
-    def knockout_layers(self, n_layers: int) -> tuple[int, int, list[tuple[int, ...]]]:
-        """The representation layer, the window size and the windows, for a model's depth."""
-        layer = self.representation_layer if self.representation_layer is not None else scaled_layer(n_layers, 40)
-        size = self.knockout_window or scaled_layer(n_layers, PAPER_WINDOW)
-        return layer, size, knockout_windows(layer, size, self.knockout_extra_layer)

@@ -13,19 +13,24 @@ import json
 import os
 import urllib.request
 from pathlib import Path
+from typing import NotRequired, TypedDict
 
 import pandas as pd
 import torch
 
-from .interventions import run
-from .digests import sha256_of_file
-from .results import PROJECT_ROOT
+from ..core.forward import run
+from ..core.identity import sha256_of_file
+from ..core.projection import decode_ids
+from ..paths import PROJECT_ROOT, cache_dir
+from ..runs.progress import progress as progress_line
+from ..runs.results import cached_table
 
 KNOWN_1000_URL = "https://rome.baulab.info/data/dsets/known_1000.json"
 KNOWN_1000_SHA256 = "685ed2a0c3e8323921ea8a945b237cfe75e1f4948b9dda7a92aa6c2401f1d9df"
 SMALL_FACTS = PROJECT_ROOT / "data" / "facts_small.json"
 """About 50 facts written for this project (same schema) for fast tests."""
-FIELDS = ("known_id", "subject", "attribute", "template", "prompt", "relation_id")
+RECORD_FIELDS = ("known_id", "subject", "attribute", "template", "prompt", "relation_id")
+"""The fields of a dataset record (known_1000's schema)."""
 KNOWN_1000_ENV = "DISSECT_KNOWN_1000"
 
 
@@ -74,8 +79,6 @@ def known_1000_path(path: str | Path | None = None) -> Path:
         if sha256_of_file(path) != KNOWN_1000_SHA256:
             raise DatasetError(f"{path} is not the known_1000.json this project expects (sha256 mismatch)")
         return path
-    from .models import cache_dir
-
     try:
         return download(KNOWN_1000_URL, cache_dir() / "data" / "known_1000.json", KNOWN_1000_SHA256)
     except ConnectionError as err:
@@ -131,7 +134,7 @@ def _record_problems(record) -> list[str]:
     if not isinstance(record, dict):
         return [f"{_kind(record)}, not an object"]
     problems = []
-    for field in FIELDS:
+    for field in RECORD_FIELDS:
         if field not in record:
             problems.append(f"missing {field}")
             continue
@@ -154,7 +157,7 @@ def validate_records(records, path) -> None:
     unique. Raises :class:`DatasetError` naming the file and the first offending records."""
     if not isinstance(records, list):
         raise DatasetError(f"{path} must be a JSON list of fact records, not {_kind(records)} "
-                           f"(each record with {', '.join(FIELDS)})")
+                           f"(each record with {', '.join(RECORD_FIELDS)})")
     if not records:
         raise DatasetError(f"{path} holds no facts (an empty list)")
     bad, first_of = [], {}
@@ -172,7 +175,7 @@ def validate_records(records, path) -> None:
     if bad:
         more = f"\n  ... and {len(bad) - SHOWN_PROBLEMS} more" if len(bad) > SHOWN_PROBLEMS else ""
         raise DatasetError(f"{path}: {len(bad)} of {len(records)} records are not valid facts (each needs "
-                           f"{', '.join(FIELDS)}; known_id a unique integer, the others non-empty strings):\n  "
+                           f"{', '.join(RECORD_FIELDS)}; known_id a unique integer, the others non-empty strings):\n  "
                            + "\n  ".join(bad[:SHOWN_PROBLEMS]) + more)
 
 
@@ -271,9 +274,6 @@ def predict_next_token(lm, prepared: pd.DataFrame, batch_size: int = 32, progres
 
     Prompts of equal length are batched together, so no padding is ever involved.
     """
-    from .progress import progress as progress_line
-    from .projection import decode_ids
-
     out = prepared.copy()
     cols = {c: [None] * len(out) for c in ("pred_token_id", "pred_prob", "attribute_prob", "attribute_rank")}
     order = sorted(range(len(out)), key=lambda i: out["n_tokens"].iat[i])
@@ -343,10 +343,75 @@ def known_set(lm, dataset="known_1000", n_facts: int | None = None, prepend_sink
     the same parameters, the same dataset bytes (their sha256 is part of the key) and the
     same weights. :func:`known_only` selects the known facts. The dataset and ``n_facts``
     are validated first: a bad one fails before the model runs or anything is written."""
-    from .results import cached_table
-
     facts, sha256 = _read_facts(dataset, n_facts)
     params = {"dataset": str(dataset), "dataset_sha256": sha256, "n_facts": check_n_facts(n_facts) or None,
               "prepend_sink": prepend_sink}
     name = "facts_evaluated_sink" if prepend_sink else "facts_evaluated"
     return cached_table(name, lm, params, lambda: build_known_set(lm, facts, prepend_sink, batch_size))
+
+
+# --------------------------------------------------------------------------------------
+# A fact as the analyses read it
+
+
+class Fact(TypedDict):
+    """One known fact of one model, as every analysis reads it: a row of its known set
+    (:func:`known_set`), tokenized for that model, with the model's own prediction."""
+
+    known_id: int
+    subject: str
+    prompt: str
+    input_ids: list[int]
+    n_tokens: int
+    subject_positions: list[int]
+    """The token positions covering the subject's first occurrence in the prompt."""
+    subject_first: int
+    subject_last: int
+    has_sink: bool
+    """The prompt starts with the model's sink token (its BOS, or the one prepended)."""
+    pred_token_id: int
+    """The model's top-1 next token: the target of every experiment."""
+    static_ids: NotRequired[list[int]]
+    """The subject's tokens as they read in the middle of a text (the static baseline's);
+    computed when absent."""
+
+
+FACT_FIELDS = tuple(name for name in Fact.__annotations__ if name != "static_ids")
+POSITION_FIELDS = ("known_id", "input_ids", "n_tokens", "subject_positions", "has_sink")
+"""What every analysis needs of a fact: its tokens and where the subject and the sink are."""
+
+
+def as_facts(table: pd.DataFrame) -> list[Fact]:
+    """The rows of a known set as :class:`Fact` values: only the fields the analyses read, so
+    that a sweep's journal is keyed by what decides its numbers and nothing else."""
+    missing = [name for name in POSITION_FIELDS if name not in table.columns]
+    if missing:
+        raise ValueError(f"facts need the columns {', '.join(missing)}: build them with utils.paper.facts.known_set "
+                         "(or build_known_set), which adds the tokens, the subject's positions and the prediction")
+    fields = [name for name in FACT_FIELDS if name in table.columns]
+    return [{name: (list(row[name]) if name in ("input_ids", "subject_positions") else row[name]) for name in fields}
+            for row in table.to_dict("records")]
+
+
+def position_sets(fact: Fact, include_sink: bool = False) -> dict[str, list[int]]:
+    """A prompt's positions by role, as the official code defines them: the subject, the
+    non-subject positions (every earlier position not in the subject: the relation and any
+    other context), the last position, and the subject split into its last token and its
+    other tokens.
+
+    A sink token at position 0 (a BOS, or the one ``sink="prepend"`` adds) is an attention
+    sink, not a word of the prompt: it is kept out of every set unless ``include_sink``
+    (the official code's sets, where Gemma's ``<bos>`` falls into the non-subject set). The
+    subject never includes the last position, the query itself. Sets may be empty (a
+    one-token subject has no other tokens).
+    """
+    last = int(fact["n_tokens"]) - 1
+    skip = {0} if fact["has_sink"] and not include_sink else set()
+    subject = [int(p) for p in fact["subject_positions"] if p < last and p not in skip]
+    return {
+        "subject": subject,
+        "non-subject": [p for p in range(last) if p not in subject and p not in skip],
+        "last": [last],
+        "subject-last": subject[-1:],
+        "subject-other": subject[:-1],
+    }

