@@ -11,19 +11,8 @@ from ...core.interventions import PatchHidden
 from ...core.projection import project
 from ...core.readout import ranked_first
 from ...paper.extraction import clean_run
-from .common import (
-    ExerciseFailed,
-    _as_tensor,
-    _cached,
-    _call,
-    _close,
-    _fail,
-    _passed,
-    _show,
-    _tokens,
-    model,
-    small_known_facts,
-)
+from .common import (ExerciseFailed, _as_tensor, _cached, _call, _close, _fail, _passed, _show, _tokens, model,
+    small_known_facts)
 
 
 def _updates(lm, fact):

@@ -1,4 +1,4 @@
-"""Checkers of the exercises of §3 (notebook 01): knockout windows, source sets, knockout
+"""Checkers of the exercises of §3 (notebook 01): knockout windows, position sets, knockout
 probabilities, the flow curve."""
 
 from __future__ import annotations
@@ -11,20 +11,8 @@ from ...core.forward import Capture, run
 from ...core.interventions import BlockAttention, window
 from ...paper.facts import position_sets
 from ...paper.information_flow import FlowSettings, default_window, flow_of_fact
-from .common import (
-    ExerciseFailed,
-    _as_tensor,
-    _cached,
-    _call,
-    _close,
-    _fail,
-    _passed,
-    _show,
-    _tokens,
-    model,
-    small_facts,
-    small_known_facts,
-)
+from .common import (ExerciseFailed, _as_tensor, _cached, _call, _close, _fail, _passed, _show, _tokens, model,
+    small_facts, small_known_facts)
 
 
 def check_window(fn, lm=None) -> None:

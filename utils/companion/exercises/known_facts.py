@@ -6,17 +6,7 @@ from __future__ import annotations
 import math
 
 from ...paper.facts import attribute_first_token, subject_positions
-from .common import (
-    ExerciseFailed,
-    _call,
-    _fail,
-    _passed,
-    _show,
-    _tokens,
-    model,
-    small_facts,
-    small_known_facts,
-)
+from .common import ExerciseFailed, _call, _fail, _passed, _show, _tokens, model, small_facts, small_known_facts
 
 
 def check_subject_positions(fn, lm=None) -> None:

@@ -9,16 +9,7 @@ from ...core.forward import Capture, run
 from ...core.projection import project, vocabulary
 from ...paper.attributes import attribute_sets, keep_predicted_token, load_paragraphs, stopwords
 from ...paper.enrichment import enrichment_rows, knockout_windows, mismatched, scaled_layer
-from .common import (
-    _as_tensor,
-    _cached,
-    _call,
-    _close,
-    _fail,
-    _passed,
-    model,
-    small_known_facts,
-)
+from .common import _as_tensor, _cached, _call, _close, _fail, _passed, model, small_known_facts
 
 
 def check_hidden_state(fn, lm=None) -> None:
