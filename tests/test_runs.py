@@ -46,10 +46,7 @@ def folder_model(tmp_path_factory):
 
 @pytest.fixture
 def lm(folder_model):
-    from utils.runs import runid
-
-    runid.forget_facts()  # what earlier tests evaluated this model on
-    return folder_model
+    return folder_model  # each test evaluates it on its facts first (known_set), as the notebooks do
 
 
 def _dataset(tmp_path, facts, name="facts.json"):
@@ -330,3 +327,34 @@ def test_a_cut_csv_of_an_older_run_is_refused():
     path.write_text("\n".join(path.read_text().splitlines()[:3]) + "\n")  # cut mid-write
     with pytest.raises(ValueError, match="has 2 rows, its t.meta.json says 5"):
         results.load_table("t", lm.name)
+
+
+# --- DISSECT_OUTPUT_ROOT: where make puts the outputs, and what it says -----------------
+
+
+def _make(*args, env=None):
+    import subprocess
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    clean = {k: v for k, v in os.environ.items() if k not in ("DISSECT_OUTPUT_ROOT", "MAKEFLAGS", "MAKELEVEL")}
+    done = subprocess.run(["make", "--no-print-directory", *args], cwd=results.PROJECT_ROOT, capture_output=True,
+                          text=True, env={**clean, **(env or {})}, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_make_writes_and_names_every_output_under_the_output_root():
+    import re
+
+    root = "/tmp/elsewhere"
+    out = _make("-n", "reproduce", "atlas", "MODEL=org/x", "MODELS=org/x", env={"DISSECT_OUTPUT_ROOT": root})
+    assert f"{root}/executed/x/$(basename $nb)" in out  # papermill's output notebook
+    assert f"executed notebooks: {root}/executed/x/  figures: {root}/figures/x/  results: {root}/results/x/" in out
+    assert f"{root}/executed/atlas/04_paper_vs_models.ipynb" in out
+    assert f"ledger: {root}/results/ledger.csv  figures: {root}/figures/atlas/  executed notebook: {root}/executed/atlas/" in out
+    assert re.findall(r"(?<![\w/.-])(?:executed|figures|results)/", out) == []  # nothing said or written in ./
+    show = "show-root: ; @echo $$DISSECT_OUTPUT_ROOT"  # a relative root is made absolute: papermill runs in notebooks/
+    assert _make("--eval", show, "show-root", "DISSECT_OUTPUT_ROOT=rel/out").strip() == str(results.PROJECT_ROOT / "rel/out")
+    plain = _make("-n", "reproduce", "MODEL=smollm2-135m")
+    assert "executed notebooks: executed/smollm2-135m/  figures: figures/smollm2-135m/" in plain  # unset: this folder

@@ -107,11 +107,6 @@ def note_facts(lm, dataset, dataset_sha256: str, n_facts: int | None) -> None:
         "dataset": str(dataset), "dataset_sha256": dataset_sha256, "n_facts": n_facts or None}
 
 
-def forget_facts() -> None:
-    """Forget what :func:`note_facts` recorded (tests)."""
-    _facts_in_use.clear()
-
-
 def _from_params(params: dict) -> dict:
     """The dataset and ``n_facts`` that a table's parameters name themselves."""
     run = {k: str(params[k]) for k in ("dataset", "dataset_sha256") if params.get(k) is not None}
@@ -236,5 +231,5 @@ def claim_folder(folder: Path, lm) -> Path:
 
 
 __all__ = ["MODEL_FIELDS", "OWNER_FILE", "RUN_FIELDS", "SHAPE_PARAMS", "MixedRunsError", "ResultsFolderClash",
-           "check_same_run", "claim_folder", "forget_facts", "model_identity", "model_source", "note_facts",
+           "check_same_run", "claim_folder", "model_identity", "model_source", "note_facts",
            "recorded", "run_id"]
