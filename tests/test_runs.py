@@ -316,6 +316,14 @@ def test_a_csv_changed_after_it_was_written_is_refused_and_recomputed_when_cache
     assert made == [1] and again.v.tolist() == [1, 2, 3]
 
 
+def test_tables_written_atomically_keep_the_usual_file_mode():
+    """A temporary file is created private; the table renamed from it is not."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    path = results.save_table(pd.DataFrame({"v": [1]}), "t", Described("modes"), {})
+    assert {oct(p.stat().st_mode & 0o777) for p in (path, path.with_name("t.meta.json"))} == {oct(0o666 & ~mask)}
+
+
 def test_a_cut_csv_of_an_older_run_is_refused():
     """Tables written before the CSV's digest was recorded are checked on their row count."""
     lm = Described("older")

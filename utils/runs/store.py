@@ -56,6 +56,16 @@ class ResultsBusy(RuntimeError):
     """Another run holds the lock of a results folder or of a sweep."""
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+"""What ``open()`` would have given the file (a temporary file is created private)."""
+
+
 def write_atomically(path: Path, data: bytes) -> None:
     """Write ``path`` so that no reader ever sees it partly written (see the module docs)."""
     path = Path(path)
@@ -63,6 +73,8 @@ def write_atomically(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(data)
+            if hasattr(os, "fchmod"):
+                os.fchmod(out.fileno(), _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
