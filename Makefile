@@ -12,7 +12,13 @@ DATASET ?= known_1000
 # LOCK=1 (default) installs the exact versions in requirements.lock (those that produced the
 # committed results); LOCK=0 floats every package but torch to its newest release.
 LOCK    ?= 1
-SLUG     = $(notdir $(MODEL))
+SLUG     = $(notdir $(patsubst %/,%,$(MODEL)))
+# DISSECT_OUTPUT_ROOT roots the executed notebooks, figures and results (default: this folder, whose
+# committed outputs a run then replaces). Made absolute, since papermill runs the notebooks in notebooks/.
+ifneq ($(strip $(DISSECT_OUTPUT_ROOT)),)
+override export DISSECT_OUTPUT_ROOT := $(abspath $(DISSECT_OUTPUT_ROOT))
+OUT := $(DISSECT_OUTPUT_ROOT)/
+endif
 BOOK_SOURCE ?= executed/gemma-3-270m
 BOOK_OUT    ?= build/book
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
@@ -83,23 +89,23 @@ book: book-venv
 reproduce: venv
 	@case "$(N_FACTS)" in ''|*[!0-9]*) echo "N_FACTS must be a non-negative integer (0 = all facts), not '$(N_FACTS)'"; exit 2;; esac
 	$(BIN)/python -m utils.core.sources prepare $(MODEL) --device $(DEVICE) --dtype $(DTYPE)
-	mkdir -p executed/$(SLUG)
+	mkdir -p $(OUT)executed/$(SLUG)
 	set -e; for nb in $(NOTEBOOKS); do \
 	  echo "== $$nb ($(MODEL))"; \
-	  $(PAPERMILL) $$nb executed/$(SLUG)/$$(basename $$nb) \
+	  $(PAPERMILL) $$nb $(OUT)executed/$(SLUG)/$$(basename $$nb) \
 	    -p model $(MODEL) -p n_facts $(N_FACTS) -p dataset $(DATASET) -p device $(DEVICE) -p dtype $(DTYPE); \
 	done
-	@echo "executed notebooks: executed/$(SLUG)/  figures: figures/$(SLUG)/  results: results/$(SLUG)/"
+	@echo "executed notebooks: $(OUT)executed/$(SLUG)/  figures: $(OUT)figures/$(SLUG)/  results: $(OUT)results/$(SLUG)/"
 
 # Every model in MODELS through `make reproduce` (finished sweeps are reused from their journals;
 # N_FACTS, DATASET, DEVICE and DTYPE pass through), then the claims ledger over all of them.
 MODELS ?= $(MODEL)
 atlas: venv
 	set -e; for m in $(MODELS); do $(MAKE) --no-print-directory reproduce MODEL=$$m; done
-	mkdir -p executed/atlas
-	$(PAPERMILL) notebooks/04_paper_vs_models.ipynb executed/atlas/04_paper_vs_models.ipynb \
+	mkdir -p $(OUT)executed/atlas
+	$(PAPERMILL) notebooks/04_paper_vs_models.ipynb $(OUT)executed/atlas/04_paper_vs_models.ipynb \
 	  -p model $(firstword $(MODELS)) -p models "$(MODELS)"
-	@echo "ledger: results/ledger.csv  figures: figures/atlas/  executed notebook: executed/atlas/"
+	@echo "ledger: $(OUT)results/ledger.csv  figures: $(OUT)figures/atlas/  executed notebook: $(OUT)executed/atlas/"
 
 # The README's "What the notebooks find" section, regenerated from results/ (a test checks it is current)
 readme: venv
@@ -121,4 +127,4 @@ references: venv
 	done
 
 clean-outputs:
-	rm -rf executed/$(SLUG) results/$(SLUG) figures/$(SLUG)
+	rm -rf $(OUT)executed/$(SLUG) $(OUT)results/$(SLUG) $(OUT)figures/$(SLUG)

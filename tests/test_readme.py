@@ -5,13 +5,12 @@ committed raw tables give."""
 import shutil
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from utils.companion import findings
 from utils.paper import ledger
 from utils.paths import PROJECT_ROOT
-from utils.runs.results import load_meta, load_table
+from utils.runs.results import load_meta, load_table, write_table
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +38,10 @@ def test_a_number_edited_in_the_readme_is_caught(readme, section):
 
 def test_a_changed_result_changes_the_findings(tmp_path, section):
     shutil.copytree(PROJECT_ROOT / "results", tmp_path / "results", ignore=shutil.ignore_patterns(".journal"))
-    path = tmp_path / "results" / "gemma-3-270m" / "extraction_patched.csv"
-    table = pd.read_csv(path)
+    table = load_table("extraction_patched", "gemma-3-270m", root=tmp_path)
     table.loc[table.positions == "subject", "extracted"] = 0  # patching the subject now stops every extraction
-    table.to_csv(path, index=False)
+    meta = load_meta("extraction_patched", "gemma-3-270m", tmp_path)  # as a run that found so would write it
+    write_table(table, tmp_path / "results" / "gemma-3-270m", "extraction_patched", meta)
     changed = findings.render(tmp_path)
     assert changed != section and "cuts extraction from 0.37 to 0.00" in " ".join(changed.split())
 

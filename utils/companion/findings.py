@@ -24,11 +24,14 @@ import pandas as pd
 from ..paper import ledger, rules
 from ..paper.information_flow import summarize
 from ..paths import PROJECT_ROOT
-from ..runs.results import load_meta, load_table
+from ..runs.results import check_same_run, load_meta, load_table
 
 README = PROJECT_ROOT / "README.md"
 BEGIN, END = "<!-- findings:begin -->", "<!-- findings:end -->"
 MODELS = {"g": "gemma-3-270m", "s": "smollm2-135m"}  # template name -> model
+READ = ("extraction_layers", "information_flow_prepend", "information_flow_official", "attributes_rate",
+        "sublayer_knockout_official", "sublayer_knockout_zero", "extraction_patched", "extraction_head_mappings")
+"""The raw tables the findings quote, which must all come from one run of one model."""
 
 
 def _dips(table: pd.DataFrame) -> dict[str, SimpleNamespace]:
@@ -41,7 +44,10 @@ def _dips(table: pd.DataFrame) -> dict[str, SimpleNamespace]:
 
 
 def model_values(model: str, root: Path = PROJECT_ROOT) -> SimpleNamespace:
-    """Everything the findings quote for one model, from its raw tables."""
+    """Everything the findings quote for one model, from its raw tables (refused when they
+    come from different runs or models: :func:`utils.runs.results.check_same_run`)."""
+    check_same_run({name: load_meta(name, model, root) for name in READ}, where=f"results/{model}/")
+
     def table(name):
         found = load_table(name, model, root=root)
         if found is None:

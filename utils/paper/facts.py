@@ -23,7 +23,7 @@ from ..core.identity import sha256_of_file
 from ..core.projection import decode_ids
 from ..paths import PROJECT_ROOT, cache_dir
 from ..runs.progress import progress as progress_line
-from ..runs.results import cached_table
+from ..runs.results import cached_table, note_facts
 
 KNOWN_1000_URL = "https://rome.baulab.info/data/dsets/known_1000.json"
 KNOWN_1000_SHA256 = "685ed2a0c3e8323921ea8a945b237cfe75e1f4948b9dda7a92aa6c2401f1d9df"
@@ -347,6 +347,7 @@ def known_set(lm, dataset="known_1000", n_facts: int | None = None, prepend_sink
     params = {"dataset": str(dataset), "dataset_sha256": sha256, "n_facts": check_n_facts(n_facts) or None,
               "prepend_sink": prepend_sink}
     name = "facts_evaluated_sink" if prepend_sink else "facts_evaluated"
+    note_facts(lm, dataset, sha256, params["n_facts"])  # every table of lm saved from now on names these facts
     return cached_table(name, lm, params, lambda: build_known_set(lm, facts, prepend_sink, batch_size))
 
 

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from ..paths import PROJECT_ROOT, output_root
-from ..runs.results import load_meta, load_table, model_slug
+from ..runs.results import check_same_run, load_meta, load_table, model_slug
 from .rules import (
     BANDS,
     BARELY,
@@ -72,11 +72,14 @@ class ModelResults:
 
     @classmethod
     def load(cls, model: str, root: Path | None = None) -> "ModelResults":
+        """The model's tables, refused (:class:`utils.runs.results.MixedRunsError`) when they
+        come from different runs or models: the claims and the relative depth combine them."""
         tables, metas = {}, {}
         for name in TABLES:
             table = load_table(name, model, root=root)
             if table is not None:
                 tables[name], metas[name] = table, load_meta(name, model, root) or {}
+        check_same_run(metas, where=f"results/{model_slug(model)}/")
         n_layers = next((m["n_layers"] for m in metas.values() if m.get("n_layers")), None)
         projection = metas.get("extraction_layers", {}).get("params", {}).get("projection", "logit_lens")
         return cls(model_slug(model), tables, n_layers, projection, metas)

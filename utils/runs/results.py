@@ -11,16 +11,25 @@ weights starts a new journal instead of reusing stale rows. Each journal entry c
 digest of its fact's content: a fact edited in the dataset is computed again, while the
 unchanged ones are reused (also across ``n_facts`` values). A model whose weights are
 ``"unknown"`` never reuses a journal or a cached table.
+
+Every table's metadata also says which run and which model it comes from (``run``,
+``model_identity``: :mod:`utils.runs.runid`), and :func:`check_same_run` refuses to combine
+tables of one model that disagree. A model's folder belongs to one model source
+(:func:`results_dir`). Tables are written atomically under the folder's lock and read back
+only when the CSV is the one its metadata describes (:mod:`utils.runs.store`); a sweep
+holds a lock on its journal while it runs.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import io
 import json
 import os
 import platform
 import subprocess
+import time
 import warnings
 from importlib import metadata as _md
 from pathlib import Path
@@ -31,6 +40,16 @@ import pandas as pd
 from ..paths import PROJECT_ROOT, output_root
 from .environment import lock_status
 from .progress import progress as progress_line
+from .runid import (
+    MixedRunsError,
+    ResultsFolderClash,
+    check_same_run,
+    claim_folder,
+    model_identity,
+    note_facts,
+    run_id,
+)
+from .store import ResultsBusy, folder_lock, open_journal, run_lock, write_atomically
 
 PACKAGES = ("torch", "transformers", "accelerate", "numpy", "pandas", "seaborn", "matplotlib", "papermill")
 SCHEMA_VERSION = 1
@@ -53,6 +72,13 @@ def output_dir(kind: str, model: str | None) -> Path:
     path = output_folder(kind, model)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def results_dir(lm) -> Path:
+    """``results/<model>/`` for ``lm``, created, and checked to be this model's: a folder that
+    holds the results of another model with the same folder name is a
+    :class:`ResultsFolderClash` (:func:`utils.runs.runid.claim_folder`)."""
+    return claim_folder(output_dir("results", lm.name), lm)
 
 
 def git_commit() -> str | None:
@@ -90,8 +116,10 @@ def provenance() -> dict:
 
 
 def run_metadata(lm, params: dict) -> dict:
-    """What a reader needs to know to trust and reproduce a table."""
-    return {**lm.describe(), "params": params, **provenance()}
+    """What a reader needs to know to trust and reproduce a table, and to know which run and
+    which model it belongs to (``run``, ``model_identity``; not part of the table's key)."""
+    return {**lm.describe(), "params": params, "run": run_id(lm, params), "model_identity": model_identity(lm),
+            **provenance()}
 
 
 def _key(lm, name: str, params: dict) -> str:
@@ -153,28 +181,41 @@ def _jsonable(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     return out, cols
 
 
-def _write(df: pd.DataFrame, folder: Path, name: str, meta: dict, **more) -> Path:
+class TableMismatch(ValueError):
+    """A CSV that is not the one its ``.meta.json`` describes."""
+
+
+def csv_digest(data: bytes) -> str:
+    """The sha256 a table's metadata records of its CSV (line endings as ``\\n``, so that a
+    checkout that rewrites them does not count as a change)."""
+    return hashlib.sha256(data.replace(b"\r\n", b"\n")).hexdigest()
+
+
+def write_table(df: pd.DataFrame, folder: Path, name: str, meta: dict, **more) -> Path:
     """``folder/<name>.csv`` (columns a CSV would not round-trip JSON-encoded) and its
-    ``.meta.json``: ``meta``, the table's name and rows, ``more``, the JSON columns."""
+    ``.meta.json``: ``meta``, the table's name, rows and CSV digest, ``more``, the JSON
+    columns. Both are written to temporary files and renamed into place, the metadata last,
+    under the folder's lock (:mod:`utils.runs.store`)."""
     encoded, json_cols = _jsonable(df)
+    data = encoded.to_csv(index=False).encode()
+    meta = {**meta, "table": name, "rows": len(df), **more, "json_columns": json_cols, "csv_sha256": csv_digest(data)}
     path = folder / f"{name}.csv"
-    encoded.to_csv(path, index=False)
-    meta = {**meta, "table": name, "rows": len(df), **more, "json_columns": json_cols}
-    (folder / f"{name}.meta.json").write_text(json.dumps(meta, indent=1, default=str))
+    with folder_lock(folder, f"writing {name}"):
+        write_atomically(path, data)
+        write_atomically(folder / f"{name}.meta.json", json.dumps(meta, indent=1, default=str).encode())
     return path
 
 
 def save_table(df: pd.DataFrame, name: str, lm, params: dict, key: str | None = None) -> Path:
     """Write ``results/<model>/<name>.csv`` and its metadata; returns the CSV path."""
-    return _write(df, output_dir("results", lm.name), name, run_metadata(lm, params),
-                  key=key or _key(lm, name, params))
+    return write_table(df, results_dir(lm), name, run_metadata(lm, params), key=key or _key(lm, name, params))
 
 
 def save_cross_model_table(df: pd.DataFrame, name: str, params: dict, inputs: dict) -> Path:
     """Write ``results/<name>.csv`` for a table that spans models (the claims ledger), with
     the provenance of a per-model table minus the model, plus ``inputs``: per model, what
     the table was computed from (e.g. each source table's git commit and key)."""
-    return _write(df, output_dir("results", None), name, {"params": params, "inputs": inputs, **provenance()})
+    return write_table(df, output_dir("results", None), name, {"params": params, "inputs": inputs, **provenance()})
 
 
 def load_meta(name: str, model: str | None, root: Path | None = None) -> dict | None:
@@ -183,19 +224,55 @@ def load_meta(name: str, model: str | None, root: Path | None = None) -> dict | 
     return json.loads(path.read_text()) if path.exists() else None
 
 
+READ_WAIT = 5.0
+"""Seconds a reader waits for a CSV and its metadata to agree (another run replacing them)."""
+
+
+def _read_pair(path: Path, meta_path: Path, expect_key: str | None) -> tuple[dict, bytes] | None:
+    """The metadata and the CSV's bytes, read until they belong together: a run replacing
+    them between the two reads is waited for; a pair that stays out of step (edited by hand,
+    or a run stopped between its two renames) is a :class:`TableMismatch`."""
+    deadline = time.monotonic() + READ_WAIT
+    while True:
+        try:
+            meta = json.loads(meta_path.read_bytes())
+            data = path.read_bytes()
+            why = None
+        except ValueError as err:  # a metadata file written in place by an older version, caught mid-write
+            meta, data, why = {}, b"", f"its metadata is not valid JSON ({err})"
+        if not why and expect_key is not None and meta.get("key") != expect_key:
+            return None
+        if not why and "csv_sha256" in meta and csv_digest(data) != meta["csv_sha256"]:
+            why = "the CSV's sha256 is not the one its metadata records"
+        if not why:
+            return meta, data
+        if time.monotonic() >= deadline:
+            raise TableMismatch(f"{path} does not match {meta_path.name}: {why}. It was changed after it was written "
+                                "(by hand, or by a run stopped between the two files): rerun the notebook that "
+                                "writes it.")
+        time.sleep(0.02)
+
+
 def load_table(name: str, model: str | None, expect_key: str | None = None, root: Path | None = None) -> pd.DataFrame | None:
     """A saved table (None if absent, or if it was made with other parameters); ``model``
-    None reads a cross-model table; ``root`` overrides :func:`output_root`."""
+    None reads a cross-model table; ``root`` overrides :func:`output_root`. The CSV is
+    parsed from the very bytes checked against its metadata (digest and row count)."""
     folder = output_folder("results", model, root)
     path, meta_path = folder / f"{name}.csv", folder / f"{name}.meta.json"
     if not path.exists() or not meta_path.exists():
         return None
-    meta = json.loads(meta_path.read_text())
-    if expect_key is not None and meta.get("key") != expect_key:
+    pair = _read_pair(path, meta_path, expect_key)
+    if pair is None:
         return None
+    meta, data = pair
     json_cols = meta.get("json_columns", [])
-    df = pd.read_csv(path, dtype={c: str for c in json_cols}, keep_default_na=False, na_values={
-        c: [""] for c in pd.read_csv(path, nrows=0).columns if c not in json_cols})
+    columns = pd.read_csv(io.BytesIO(data), nrows=0).columns
+    df = pd.read_csv(io.BytesIO(data), dtype={c: str for c in json_cols}, keep_default_na=False,
+                     na_values={c: [""] for c in columns if c not in json_cols})
+    if "rows" in meta and len(df) != meta["rows"]:
+        raise TableMismatch(f"{path} has {len(df)} rows, its {meta_path.name} says {meta['rows']}: it was changed "
+                            "after it was written (by hand, or by a run stopped mid-write): rerun the notebook that "
+                            "writes it.")
     for col in json_cols:
         df[col] = df[col].map(lambda v: json.loads(v) if v else None)
     return df
@@ -205,7 +282,12 @@ def cached_table(name: str, lm, params: dict, compute: Callable[[], pd.DataFrame
     """Load ``name`` if it was saved with these parameters and these weights, else compute
     and save it."""
     key = _key(lm, name, params)
-    df = load_table(name, lm.name, expect_key=key) if _reusable(lm, name) else None
+    results_dir(lm)  # this model's folder, before anything is computed
+    try:
+        df = load_table(name, lm.name, expect_key=key) if _reusable(lm, name) else None
+    except TableMismatch as err:  # a cached table not to be trusted is computed again
+        warnings.warn(f"{err} Computing {name} again.", stacklevel=2)
+        df = None
     if df is None:
         df = compute()
         save_table(df, name, lm, params, key)
@@ -226,6 +308,8 @@ def sweep(
     Finished items are appended to ``results/<model>/.journal/<name>-<key>.jsonl`` as
     they complete, each with a digest of its content; a rerun with the same parameters
     and weights skips the items whose content is unchanged. Item ids must be unique.
+    The sweep holds its journal's lock while it runs: a second run of the same sweep stops
+    with :class:`ResultsBusy` before computing anything.
     """
     items = list(items)
     seen: dict = {}
@@ -235,8 +319,13 @@ def sweep(
                              "each item needs its own id, or the journal would mix their rows")
         seen[item[id_field]] = i
     key = _key(lm, name, params)
-    journal = output_dir("results", lm.name) / ".journal" / f"{name}-{key}.jsonl"
+    journal = results_dir(lm) / ".journal" / f"{name}-{key}.jsonl"
     journal.parent.mkdir(exist_ok=True)
+    with run_lock(journal, f"the {name} sweep of {lm.name}"):
+        return _sweep(name, lm, params, items, compute, id_field, progress, key, journal)
+
+
+def _sweep(name, lm, params, items, compute, id_field, progress, key, journal) -> pd.DataFrame:
     digests = {it[id_field]: item_digest(it) for it in items}
     done: dict = {}
     reusable = _reusable(lm, f"the {name} sweep")
@@ -251,12 +340,12 @@ def sweep(
     todo = [it for it in items if it[id_field] not in done]
     resumed = len(items) - len(todo)
     note = f" ({resumed} more from an earlier run)" if resumed else ""
-    with open(journal, "a" if reusable else "w") as log:  # entries of other items stay for later runs
+    with open_journal(journal, fresh=not reusable) as log:  # entries of other items stay for later runs
         for item in progress_line(todo, name, note=note, enabled=progress):
             rows = compute(item)
             done[item[id_field]] = rows
             log.write(json.dumps({"id": item[id_field], "digest": digests[item[id_field]], "rows": rows},
-                                 default=_to_builtin) + "\n")
+                                 default=_to_builtin) + "\n")  # one write per entry: a kill cuts at most this line
             log.flush()
     table = pd.DataFrame([row for it in items for row in done[it[id_field]]])
     save_table(table, name, lm, params, key)
