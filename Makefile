@@ -121,6 +121,7 @@ bench: venv
 	$(BIN)/python -m utils.companion.bench
 
 references: venv
+	$(BIN)/python -m utils.core.sources prepare smollm2-135m --device cpu --dtype float32
 	mkdir -p executed/reference
 	set -e; for nb in $(NOTEBOOKS); do \
 	  DISSECT_OUTPUT_ROOT=$(TEST_OUT) $(PAPERMILL) $$nb executed/reference/$$(basename $$nb) -f tests/reference_params.yaml; \
