@@ -201,15 +201,26 @@ def split_qkv(x: Tensor, layout: str, part: str, n_heads: int, n_kv: int, head_d
     raise ValueError(f"unknown qkv layout {layout!r}")
 
 
+def query_columns(layout: str, width: int, n_heads: int, n_kv: int, head_dim: int) -> Tensor:
+    """A (width,) bool mask of the projection's output columns that hold queries.
+
+    Read by applying :func:`split_qkv` to the column indices, so that it holds for every
+    layout; editing ``split_qkv``'s result in place would not, since for the ``grouped``
+    layout with several key-value heads it is a copy (a knockout that silently did nothing).
+    """
+    columns = torch.arange(width)
+    mask = torch.zeros(width, dtype=torch.bool)
+    mask[split_qkv(columns, layout, "q", n_heads, n_kv, head_dim).flatten()] = True
+    return mask
+
+
 def _zero_queries(x: Tensor, layout: str, uniform: Tensor, n_heads: int, n_kv: int, head_dim: int) -> Tensor:
     """``x`` (B, n, width) with the query part zeroed at the positions ``uniform`` (B, n) marks."""
-    q = split_qkv(x, layout, "q", n_heads, n_kv, head_dim)
-    keep = (~uniform)[..., None, None].to(x.dtype)
     if layout == "separate":
-        return (q * keep).flatten(-2)
-    out = x.clone()
-    split_qkv(out, layout, "q", n_heads, n_kv, head_dim).mul_(keep)  # views into ``out``
-    return out
+        q = split_qkv(x, layout, "q", n_heads, n_kv, head_dim)
+        return (q * (~uniform)[..., None, None].to(x.dtype)).flatten(-2)
+    is_query = query_columns(layout, x.shape[-1], n_heads, n_kv, head_dim).to(x.device)
+    return x.masked_fill(uniform[..., None] & is_query, 0)
 
 
 class MaskHookAccess:
