@@ -22,7 +22,10 @@ MASK_HOOK = {"gpt_neo", "falcon", "bloom"}
 def test_every_family_passes_the_check_on_load(arch, backend):
     lm = tiny_model(arch, backend)
     assert lm.check["status"] == "passed", lm.check
-    assert set(lm.check["errors"]) == {"clean", "decomposition", "heads", "block", "zero", "patch"}
+    assert {"clean", "decomposition", "heads", "block", "zero", "patch", "final_norm"} <= set(lm.check["errors"])
+    declared = checks.capabilities(lm)
+    assert ("uniform" in lm.check["errors"]) == (declared["uniform attention knockout"] == "yes")
+    assert ("mlp_official" in lm.check["errors"]) == (declared["official MLP knockout"] == "yes")
     assert lm.check["errors"]["clean"] == 0.0  # exactly the stock attention's logits
     assert lm.attention_access.name == ("mask-hook" if arch in MASK_HOOK else "interface")
     assert lm.describe()["model_check"]["status"] == "passed"

@@ -21,6 +21,20 @@ model_type and the registry field to look at:
 5. ``zero``: zeroing the last MLP removes exactly its update from the output; zeroing one
    layer's attention leaves a zero update and a consistent layer; ``patch``: patching a state
    with its own value changes nothing.
+6. ``uniform`` (where the official attention knockout is declared supported,
+   :func:`capabilities`): ``ZeroSublayer('attn', variant='official')`` gives the last query the
+   attention update of uniform weights over the keys it may see, recomputed from the captured
+   values (catches a query entry or ``qkv_layout`` that zeroes the wrong columns, or a copy
+   edited instead of the queries: a knockout that silently did nothing).
+7. ``mlp_official`` (where the official MLP knockout is declared supported): its logits equal
+   those of the model's own forward pass with every weight matrix of that layer's MLP set to
+   0 (biases kept), found without the registry's ``mlp_out`` (catches an ``mlp_out`` that is
+   one expert's or the shared expert's projection of a mixture of experts).
+8. ``final_norm``: the last layer's output through the registry's final norm and the output
+   head (:func:`utils.core.projection.project`, the logit lens) gives the model's own logits
+   (catches a wrong ``final_norm`` at load, not mid-analysis).
+
+Each costs one short pass on the tiny prompt (the knockouts at the middle layer only).
 
 The report (passed, tolerances, errors, seconds) goes into every result table's metadata.
 """
@@ -34,6 +48,7 @@ import torch
 from .forward import Capture, run
 from .heads import head_contributions, reweight, update_from_weights
 from .interventions import BlockAttention, PatchHidden, ZeroSublayer
+from .projection import project
 
 TOLERANCES = {torch.float32: 1e-4, torch.float16: 3e-2, torch.bfloat16: 6e-2}
 """Relative error allowed (error norm over the norm of the compared vector), by dtype."""
@@ -46,6 +61,11 @@ INVARIANT_FIELDS = {
              "qkv_layout",
     "zero": "attn_update / mlp_update",
     "patch": "layers",
+    "uniform": "query and qkv_layout (outside the attention interface: the columns the official attention knockout "
+               "zeroes must be the queries) or attention",
+    "mlp_official": "mlp_out (the official MLP knockout zeroes its input: it must be the MLP's only output "
+                    "projection, not one expert's or a shared expert's; None refuses the knockout)",
+    "final_norm": "final_norm (the norm before the output head, relative to the model)",
 }
 
 
@@ -89,11 +109,12 @@ def measure(lm) -> tuple[dict[str, float], dict[str, str]]:
             own = lm.model(input_ids=ids.to(lm.device), use_cache=False, logits_to_keep=1).logits
         finally:
             config._attn_implementation = ours_impl
+        state["own"] = own
         ours = run(lm, ids).logits.to(own.device)
         return 0.0 if torch.equal(ours, own) else max(_rel(ours, own), 1e-30)
 
+    state = {"layer": lm.n_layers // 2, "last": ids.shape[1] - 1}
     attempt("clean", clean)
-    state = {}
 
     def capture():
         full = Capture(resid=True, attn=True, mlp=True, heads=True, attn_weights=True, values=True)
@@ -102,7 +123,7 @@ def measure(lm) -> tuple[dict[str, float], dict[str, str]]:
 
     attempt("decomposition", lambda: (capture(), _decomposition(lm, state["acts"]))[1])
     if "acts" not in state:
-        for name in ("heads", "block", "zero", "patch"):
+        for name in ("heads", "block", "zero", "patch", *_declared(lm), "final_norm"):
             errors[name], problems[name] = float("inf"), "the clean capture failed: " + problems["decomposition"]
         return errors, problems
     attempt("heads", lambda: _heads(lm, state["acts"]))
@@ -119,7 +140,87 @@ def measure(lm) -> tuple[dict[str, float], dict[str, str]]:
     attempt("block", lambda: _block(lm, need_hit()))
     attempt("zero", lambda: _zero(lm, need_hit()))
     attempt("patch", lambda: _patch(need_hit()))
+    declared = _declared(lm)
+    if "uniform" in declared:
+        attempt("uniform", lambda: _uniform(lm, ids, state))
+    if "mlp_official" in declared and not _offloaded(lm, state["layer"]):  # offloaded weights cannot be zeroed in place
+        attempt("mlp_official", lambda: _mlp_official(lm, ids, state))
+    attempt("final_norm", lambda: _final_norm(lm, ids, state))
     return errors, problems
+
+
+def _declared(lm) -> list[str]:
+    """The official knockouts :func:`capabilities` declares supported, by invariant name."""
+    can = capabilities(lm)
+    return [name for name, key in (("uniform", "uniform attention knockout"), ("mlp_official", "official MLP knockout"))
+            if can[key] == "yes"]
+
+
+def _stock_logits(lm, ids) -> torch.Tensor:
+    """The model's own last-position logits, with the stock attention function."""
+    config = lm.model.config
+    ours_impl, config._attn_implementation = config._attn_implementation, lm.attn_implementation
+    try:
+        return lm.model(input_ids=ids.to(lm.device), use_cache=False, logits_to_keep=1).logits[0, -1]
+    finally:
+        config._attn_implementation = ours_impl
+
+
+def _uniform(lm, ids, state) -> float:
+    """The official attention knockout at the middle layer against uniform weights over the
+    keys the last query attends to in the clean pass, times the captured values."""
+    a, layer, last = state["acts"], state["layer"], state["last"]
+    visible = (a["attn_weights"][layer][:, last].float() > 0).float()  # (H, n): the mask, sliding windows included
+    expected = update_from_weights(lm, layer, visible / visible.sum(-1, keepdim=True), a["values"][layer])
+    if _rel(a["attn"][layer, last].to(expected.device), expected) <= TOLERANCES.get(lm.dtype, 1e-4):
+        return float("nan")  # clean attention is already uniform: a knockout doing nothing would pass unseen
+    hit = run(lm, ids, [[ZeroSublayer("attn", [layer], variant="official")]], capture=Capture(attn=True))
+    got = hit.acts["attn"][0, layer, last].float()
+    return _rel(got, expected.to(got.device))
+
+
+def _mlp_params(lm, layer: int) -> list[torch.nn.Parameter]:
+    """Every weight matrix of the layer outside its attention module (the MLP's, experts and
+    routers included), found without the registry's ``mlp_out``."""
+    block, attention = lm.layers[layer], lm.sub(layer, lm.arch.attention)
+    inside = {id(p) for p in attention.parameters()}
+    return [p for p in block.parameters() if p.ndim >= 2 and id(p) not in inside]
+
+
+def _offloaded(lm, layer) -> bool:
+    return layer is None or any(p.device.type == "meta" for p in _mlp_params(lm, layer))
+
+
+def _mlp_official(lm, ids, state) -> float:
+    """The official MLP knockout at the middle layer against the model's own forward pass with
+    that MLP's weight matrices zeroed in place (and put back)."""
+    layer = state["layer"]
+    params = _mlp_params(lm, layer)
+    if not params:
+        raise RuntimeError(f"layer {layer} has no weight matrix outside `attention`")
+    saved = [p.detach().clone() for p in params]
+    try:
+        for p in params:
+            p.data.zero_()
+        expected = _stock_logits(lm, ids).float()
+    finally:
+        for p, s in zip(params, saved):
+            p.data.copy_(s)
+    clean = state.get("own")
+    clean = _stock_logits(lm, ids) if clean is None else clean[0, -1]
+    if _rel(clean.float().to(expected.device), expected) <= TOLERANCES.get(lm.dtype, 1e-4):
+        return float("nan")  # the MLP did not matter: a knockout doing nothing would pass unseen
+    got = run(lm, ids, [[ZeroSublayer("mlp", [layer], variant="official")]]).logits[0, -1].float()
+    return _rel(got.to(expected.device), expected)
+
+
+def _final_norm(lm, ids, state) -> float:
+    """The last layer's output read through the registry's final norm and the head (the logit
+    lens) against the model's own logits."""
+    own = state.get("own")
+    own = _stock_logits(lm, ids) if own is None else own[0, -1]
+    lens = project(lm, state["acts"]["resid"][lm.n_layers, -1], "logit_lens")
+    return _rel(lens.to(own.device), own.float())
 
 
 def _decomposition(lm, a) -> float:
@@ -142,7 +243,7 @@ def _intervened(lm, ids, state) -> None:
     last position that matters most at the middle layer; row 1 zeroes the last MLP; row 2 one
     layer's attention; row 3 patches that layer's input with its own clean value."""
     a, n, L = state["acts"], ids.shape[1], lm.n_layers
-    layer, last = L // 2, n - 1
+    layer, last = state["layer"], state["last"]
     weights = a["attn_weights"][layer][:, last].float().mean(0).clone()  # (n,) over heads
     weights[last] = -1
     key = int(weights.argmax())
@@ -150,7 +251,6 @@ def _intervened(lm, ids, state) -> None:
     blocked[key] = True
     state["expected"] = update_from_weights(
         lm, layer, reweight(a["attn_weights"][layer][:, last], blocked, "renormalised"), a["values"][layer])
-    state["layer"], state["last"] = layer, last
     rows = [[BlockAttention([layer], [last], [key])],
             [ZeroSublayer("mlp", [L - 1])],
             [ZeroSublayer("attn", [layer])],
@@ -198,7 +298,9 @@ def check_model(lm, raise_on_failure: bool = True) -> dict:
         if name in problems:
             what = f"measuring it raised {problems[name]}"
         elif error != error:
-            what = "the blocked edge did not change the reference, so the knockout could not be checked"
+            what = ("the knockout did not change the reference (the clean attention was already uniform, or the MLP "
+                    "did not matter)" if name in ("uniform", "mlp_official") else
+                    "the blocked edge did not change the reference") + ", so the knockout could not be checked"
         else:
             what = f"measured relative error {error:.3g} > tolerance {tolerance:g}"
         raise ModelCheckError(
