@@ -164,3 +164,48 @@ def facts_it_knows(lm, folder, minimum: int):
     path = Path(folder) / "facts_it_knows.json"
     path.write_text(json.dumps(facts))
     return path, len(facts)
+
+
+SMALL = dict(vocab_size=96, initializer_range=0.1, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+             num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
+             max_position_embeddings=64)
+
+
+def _more_configs() -> dict:
+    """Families users will try (issue 21), each as tiny as it builds: 2 layers, width 64. A
+    family whose config class this transformers lacks is left out (the tests say so)."""
+    t = transformers
+    moe = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
+    made = {
+        "olmo": lambda: t.OlmoConfig(**SMALL),
+        "smollm3": lambda: t.SmolLM3Config(**SMALL, no_rope_layer_interval=2),
+        "cohere2": lambda: t.Cohere2Config(**SMALL, sliding_window=4, logit_scale=0.5),
+        "glm4": lambda: t.Glm4Config(**SMALL),
+        "stablelm": lambda: t.StableLmConfig(**SMALL, partial_rotary_factor=0.5),
+        "gpt_bigcode": lambda: t.GPTBigCodeConfig(n_layer=2, n_embd=64, n_head=4, n_positions=64, multi_query=True,
+                                                  **{k: v for k, v in COMMON.items()}),
+        "qwen2_moe": lambda: t.Qwen2MoeConfig(**SMALL, **moe, shared_expert_intermediate_size=32),
+        "qwen3_moe": lambda: t.Qwen3MoeConfig(**SMALL, **moe, head_dim=16),
+        "olmoe": lambda: t.OlmoeConfig(**SMALL, num_experts=4, num_experts_per_tok=2),
+        "llama4_text": lambda: t.Llama4TextConfig(**SMALL, head_dim=16, num_local_experts=4, intermediate_size_mlp=128,
+                                                  interleave_moe_layer_step=1),
+        "granite": lambda: t.GraniteConfig(**SMALL, residual_multiplier=0.5),
+    }
+    configs, missing = {}, {}
+    for name, make in made.items():
+        try:
+            configs[name] = make()
+        except (AttributeError, TypeError) as err:
+            missing[name] = f"{type(err).__name__}: {err}"
+    return configs, missing
+
+
+def tiny_more_hf_model(arch: str, seed: int = 0):
+    config = _more_configs()[0][arch]
+    torch.manual_seed(seed)
+    try:
+        model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+    except ValueError:
+        torch.manual_seed(seed)
+        model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    return model.eval().requires_grad_(False)

@@ -193,7 +193,7 @@ class PatchHidden:
                 _check_positions(iv.positions, n, "PatchHidden")
                 mask, values = patches.setdefault(iv.layer, (
                     torch.zeros(batch, n, dtype=torch.bool, device=device),
-                    torch.zeros(batch, n, lm.config.hidden_size, dtype=lm.dtype, device=device)))
+                    torch.zeros(batch, n, lm.text_config.hidden_size, dtype=lm.dtype, device=device)))
                 index = torch.tensor(iv.positions, device=device)
                 mask[b, index] = True
                 values[b, index] = iv.vectors.to(device, lm.dtype)

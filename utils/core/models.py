@@ -123,7 +123,10 @@ class LoadedModel:
         has_sink = bool(ids) and sink is not None and ids[0] == sink
         if prepend_sink and not has_sink:
             if sink is None:
-                raise ValueError(f"{self.name} has no BOS or sink token to prepend")
+                raise ValueError(
+                    f"{self.name} has no BOS or sink token to prepend (its tokenizer defines none, as Qwen 2.5's): "
+                    "sink='prepend' cannot run on it. Use sink='official' (the official code's position sets, no "
+                    "token added), or wrap the model with wrap_model(..., sink_token=...) naming a token to use.")
             ids, spans = [sink] + ids, [(0, 0)] + spans
         elif prepend_sink is False and has_sink:
             ids, spans = ids[1:], spans[1:]
@@ -228,7 +231,7 @@ def load_model(
             f"{', '.join(HUB_ALIASES)}; any hub id such as 'EleutherAI/pythia-1.4b' or "
             "'meta-llama/Llama-3.2-1B' works with network access."
         ) from err
-    spec = arch_spec(config.get_text_config())
+    spec = arch_spec(config)  # a multimodal wrapper's text tower, or the text config's entry
     if torch_device.type == "cuda" and device_map is None:
         device_map = {"": str(torch_device)} if fits_one_gpu(config, torch_dtype, torch_device) else "auto"
     extra = {k: v for k, v in (("max_memory", max_memory), ("offload_folder", offload_folder)) if v is not None}
@@ -252,7 +255,7 @@ def wrap_model(model, tokenizer, name: str | None = None, sink_token: str | None
     or ``"unknown"`` when its weights cannot be read, with which no result is ever reused.
     """
     register_attention_functions()
-    spec = arch_spec(model.config.get_text_config())
+    spec = arch_spec(model.config)
     implementation = model.config._attn_implementation.removeprefix("dissect_")
     if implementation not in ("sdpa", "eager"):
         raise ValueError(f"attention implementation {implementation!r} is not supported; use 'sdpa' or 'eager'")

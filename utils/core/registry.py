@@ -119,8 +119,43 @@ REGISTRY: dict[str, ArchSpec] = {
     "gemma2": ArchSpec(**{**_LLAMA_LIKE, **_POST_NORMS},
                        notes="attention logits soft-capped; transformers runs it with eager attention only"),
     "gemma3_text": ArchSpec(**{**_LLAMA_LIKE, **_POST_NORMS}),
+    "olmo": ArchSpec(**_LLAMA_LIKE, notes="layer norms without learnable parameters"),
+    "smollm3": ArchSpec(**_LLAMA_LIKE, notes="some layers use no rotary position embedding (NoPE)"),
+    "cohere2": ArchSpec(**_LLAMA_LIKE, parallel_block=True,
+                        notes="sliding-window and global layers; logits are scaled by config.logit_scale"),
+    "glm4": ArchSpec(**{**_LLAMA_LIKE, "attn_update": "post_self_attn_layernorm",
+                        "attn_post_norm": "post_self_attn_layernorm", "mlp_update": "post_mlp_layernorm"},
+                     notes="norms after both sublayers; fused gate_up projection"),
+    "stablelm": ArchSpec(**_LLAMA_LIKE, query="self_attn.q_proj", value="self_attn.v_proj",
+                         notes="computes attention in its own classes (reached by hooks); partial rotary"),
+    # mixtures of experts: the MLP update is the block's output; no single output projection
+    "qwen2_moe": ArchSpec(**{**_LLAMA_LIKE, "mlp_out": None},
+                          notes="routed experts plus a gated shared expert: the official MLP knockout is refused"),
+    "qwen3_moe": ArchSpec(**{**_LLAMA_LIKE, "mlp_out": None}, notes="routed experts: the official MLP knockout is "
+                                                                      "refused; queries and keys RMS-normed per head"),
+    "olmoe": ArchSpec(**{**_LLAMA_LIKE, "mlp_out": None}, notes="routed experts: the official MLP knockout is refused"),
+    "llama4_text": ArchSpec(**{**_LLAMA_LIKE, "mlp_update": "feed_forward", "mlp_out": None},
+                            notes="mixture-of-experts feed-forward blocks (a shared expert plus routed ones): the "
+                                  "official MLP knockout is refused; chunked attention and layers without rotary"),
 }
 REGISTRY["gemma3"] = REGISTRY["gemma3_text"]  # the multimodal wrapper's text config
+
+TEXT_TOWERS = {"gemma3": "model.language_model"}
+"""Multimodal wrappers (``Gemma3ForConditionalGeneration`` for Gemma 3 4B/12B/27B) keyed by their
+top-level model_type: where their language model sits. The text tower's entry is used with its
+model-relative paths (``layers``, ``final_norm``) moved under it."""
+
+UNSUPPORTED = {
+    "granite": "Granite adds each sublayer's output to the residual stream scaled by config.residual_multiplier "
+               "(and scales embeddings and logits too): no module outputs exactly what a sublayer adds, so the "
+               "updates the analyses read (attn_update, mlp_update) cannot be pointed at one",
+    "granitemoe": "Granite MoE scales each sublayer's output by config.residual_multiplier before adding it: no "
+                  "module outputs exactly what a sublayer adds",
+    "gpt_bigcode": "GPTBigCodeModel reshapes its last hidden states to the shape of its input ids, so this project's "
+                   "batched passes (one input row, repeated inside the model for each row of interventions) fail "
+                   "in it",
+}
+"""Families looked at and refused, each with the reason (said instead of the generic message)."""
 
 _FILL = ("layers", "attention", "attn_out", "attn_update", "mlp_update", "mlp_out", "final_norm", "attn_post_norm")
 
@@ -128,6 +163,17 @@ _FILL = ("layers", "attention", "attn_out", "attn_update", "mlp_update", "mlp_ou
 def arch_spec(config) -> ArchSpec:
     """The registry entry for a model config, or an error that says what to add."""
     model_type = getattr(config, "model_type", None)
+    if model_type in TEXT_TOWERS and hasattr(config, "get_text_config"):
+        tower = TEXT_TOWERS[model_type]
+        spec = arch_spec(config.get_text_config())
+        return replace(spec, layers=f"{tower}.{spec.layers.split('.', 1)[1]}",
+                       final_norm=f"{tower}.{spec.final_norm.split('.', 1)[1]}",
+                       notes=(spec.notes + "; " if spec.notes else "") + f"text tower of a multimodal model ({tower})")
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if text is not config and model_type not in REGISTRY:
+        return arch_spec(text)
+    if model_type in UNSUPPORTED:
+        raise NotImplementedError(f"Architecture {model_type!r} is not supported: {UNSUPPORTED[model_type]}.")
     if model_type in REGISTRY:
         spec = REGISTRY[model_type]
         if model_type == "gpt_neox" and not getattr(config, "use_parallel_residual", True):
