@@ -155,7 +155,8 @@ def mechanism_by_layer(mechanism, windows, *, model: str, n_layers: int, note: s
     for layer, events in zip(per_layer.layer, per_layer.events):
         ax.annotate(f"{events}", xy=(layer, 1.02), ha="center", fontsize=7, color="0.3")
     ax.set(xlim=(-0.7, n_layers - 0.3), ylim=(0, 1.1), xlabel="layer",
-           ylabel="share of the layer's extraction events", title=f"{model}: where attention extracts, and what it needs")
+           ylabel="share of the layer's extraction events",
+           title=f"{model}: where attention extracts, and what it needs")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     handles, names = ax.get_legend_handles_labels()
     if windows is not None and len(windows):

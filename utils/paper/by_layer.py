@@ -252,7 +252,8 @@ def mapping_examples(mappings: pd.DataFrame, per_head: int = 3) -> pd.DataFrame:
     best under the mapping, chosen among the facts whose attribute does *not* overlap the
     subject's string (a copy shows nothing about stored knowledge)."""
     m = with_copies(mappings)
-    return m[~m["string overlap"]].sort_values("rank_best").groupby(["layer", "head"]).head(per_head).reset_index(drop=True)
+    kept = m[~m["string overlap"]].sort_values("rank_best")
+    return kept.groupby(["layer", "head"]).head(per_head).reset_index(drop=True)
 
 
 __all__ = ["POOLED", "STEM", "blocked_by_layer", "dominant_heads", "events_by_layer", "heads_by_layer",
