@@ -171,5 +171,5 @@ def mechanism_by_layer(mechanism, windows, *, model: str, n_layers: int, note: s
                     Patch(color="0.85")]
         names += ["notebook 01: last → subject blocked (right axis)", "window centres where that hurts"]
     ax.legend(handles, names, fontsize=6.5, loc="upper left", bbox_to_anchor=(0, -0.3), ncol=2, frameon=False)
-    caption(ax, note)
+    caption(ax, f"{note}; above each layer: its number of extraction events")
     return fig, ax
