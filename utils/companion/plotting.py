@@ -16,6 +16,7 @@ if matplotlib.get_backend().lower() == "agg" or not matplotlib.get_backend():
 import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ..runs.results import output_dir  # noqa: E402
@@ -130,3 +131,45 @@ def information_flow_curves(data, *, model: str, k: int, groups, title: str, not
 
 __all__ = ["bands", "caption", "information_flow_curves", "integer_layers", "plt", "rate_by_position",
            "save_figure", "sns", "sublayer_knockouts"]
+
+
+def mechanism_by_layer(mechanism, windows, *, model: str, n_layers: int, note: str):
+    """Section 3 meets section 5 on one layer axis: notebook 01's mean change of the
+    prediction's probability when the last position cannot attend to the subject (a line over
+    window centres, the windows that hurt shaded), and, at each extracting layer, the share of
+    its events that need the subject and the share that need only the last position (bars,
+    95% intervals, the number of events written above). ``mechanism`` is
+    :func:`utils.paper.by_layer.mechanism_by_layer`, ``windows`` its ``hurting_windows``
+    (or None when notebook 01 has not run)."""
+    per_layer = mechanism[mechanism.layer >= 0]
+    fig, ax = plt.subplots(figsize=(max(6.5, 0.38 * n_layers + 2), 3.8))
+    width = 0.38
+    colours = {"need the subject": "C3", "need only the last position": "C0"}
+    labels = {"need the subject": "events that need the subject (blocked last → subject: stop)",
+              "need only the last position": "events that need only the last position (all but last: survive)"}
+    for k, (column, colour) in enumerate(colours.items()):
+        x = per_layer.layer + (k - 0.5) * width
+        y = per_layer[column]
+        err = [(y - per_layer[f"{column} ci_low"]).clip(lower=0), (per_layer[f"{column} ci_high"] - y).clip(lower=0)]
+        ax.bar(x, y, width=width, color=colour, alpha=0.8, yerr=err, capsize=2, label=labels[column])
+    for layer, events in zip(per_layer.layer, per_layer.events):
+        ax.annotate(f"{events}", xy=(layer, 1.02), ha="center", fontsize=7, color="0.3")
+    ax.set(xlim=(-0.7, n_layers - 0.3), ylim=(0, 1.1), xlabel="layer",
+           ylabel="share of the layer's extraction events",
+           title=f"{model}: where attention extracts, and what it needs")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    handles, names = ax.get_legend_handles_labels()
+    if windows is not None and len(windows):
+        for centre in windows[windows.hurts].layer:
+            ax.axvspan(centre - 0.5, centre + 0.5, color="0.85", zorder=0)
+        flow = ax.twinx()
+        flow.plot(windows.layer, windows.mean_change, color="0.2", marker="o", markersize=3, linewidth=1)
+        flow.axhline(0, color="0.6", linewidth=0.6)
+        flow.set_ylabel("notebook 01: mean change (%) of the prediction,\nlast → subject blocked (window centre)")
+        flow.grid(False)
+        handles += [Line2D([], [], color="0.2", marker="o", markersize=3, linewidth=1),
+                    Patch(color="0.85")]
+        names += ["notebook 01: last → subject blocked (right axis)", "window centres where that hurts"]
+    ax.legend(handles, names, fontsize=6.5, loc="upper left", bbox_to_anchor=(0, -0.3), ncol=2, frameon=False)
+    caption(ax, f"{note}; above each layer: its number of extraction events")
+    return fig, ax
