@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from ..paths import PROJECT_ROOT, output_root
-from ..runs.results import check_same_run, load_meta, load_table, model_slug
+from ..runs.results import MixedRunsError, check_same_run, load_meta, load_table, model_slug
 from .rules import (
     BANDS,
     BARELY,
@@ -72,16 +72,24 @@ class ModelResults:
     metas: dict[str, dict] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, model: str, root: Path | None = None, names=None) -> "ModelResults":
+    def load(cls, model: str, root: Path | None = None, names=None, anchor: str | None = None) -> "ModelResults":
         """The model's tables (all of :data:`TABLES`, or only ``names``: a section notebook
         reads its own, as the others may still be from an earlier run), refused
         (:class:`utils.runs.results.MixedRunsError`) when they come from different runs or
-        models: the claims and the relative depth combine them."""
+        models: the claims and the relative depth combine them. With ``anchor`` (the table a
+        notebook has just written) a table from another run is left out instead, as missing: a
+        run that writes no head mappings must not be judged on an earlier run's."""
         tables, metas = {}, {}
         for name in (TABLES if names is None else names):
             table = load_table(name, model, root=root)
             if table is not None:
                 tables[name], metas[name] = table, load_meta(name, model, root) or {}
+        if anchor is not None and anchor in metas:
+            for name in [n for n in metas if n != anchor]:
+                try:
+                    check_same_run({anchor: metas[anchor], name: metas[name]})
+                except MixedRunsError:
+                    del tables[name], metas[name]
         check_same_run(metas, where=f"results/{model_slug(model)}/")
         n_layers = next((m["n_layers"] for m in metas.values() if m.get("n_layers")), None)
         projection = metas.get("extraction_layers", {}).get("params", {}).get("projection", "logit_lens")
@@ -704,8 +712,8 @@ def section_rows(model: str, section: str, root: Path | None = None, n_boot: int
     model, from that model's results folder: what the notebook prints at its end, computed by
     the one function that also fills ``results/ledger.csv`` (notebooks define no rule)."""
     claims = SECTIONS[section]
-    names = sorted({t for t, nb in TABLES.items() if nb == section})
-    r = ModelResults.load(model, root, names)
+    names = [t for t, nb in TABLES.items() if nb == section]
+    r = ModelResults.load(model, root, names, anchor=names[0])
     rows = []
     for claim in claims:
         rows += judge(claim, r, n_boot, seed).rows()
