@@ -70,8 +70,12 @@ def extraction(attn_layers, mlp_layers=(), n_facts=40, every=1, **extra) -> pd.D
     return pd.DataFrame(rows)
 
 
-def blocked(still: list[int]) -> list:
-    return [(f, ("subject", variant, s)) for f, s in enumerate(still) for variant in ("renormalised", "official")]
+def blocked(still: list[int], non_subject: list[int] | None = None) -> list:
+    """Per fact: still extracting (1) with last -> subject blocked, and with last -> non-subject
+    blocked (default: always still extracting)."""
+    non_subject = [1] * len(still) if non_subject is None else non_subject
+    return [(f, (condition, variant, s)) for condition, values in (("subject", still), ("non-subject", non_subject))
+            for f, s in enumerate(values) for variant in ("renormalised", "official")]
 
 
 def patched(subject, non_subject, last, n_facts=40) -> pd.DataFrame:
@@ -114,7 +118,8 @@ CASES = {
     "5": {
         "holds": lambda: results(attributes_rate=rates(np.r_[0, 20, [40] * (L - 2)])),
         "partly": lambda: results(attributes_rate=rates(np.r_[0, 20, [40] * (L - 2)], others=60)),
-        "does not hold": lambda: results(attributes_rate=rates(np.r_[30, [10] * (L - 1)])),
+        # the rate rises, but never above the static embedding's
+        "does not hold": lambda: results(attributes_rate=rates(np.r_[0, [20] * (L - 1)], others=5, baseline=30)),
     },
     "5b": {
         "holds": lambda: results(attributes_rate=rates(np.r_[0, [40] * (L - 1)], control=5)),
@@ -138,7 +143,8 @@ CASES = {
     },
     "8": {
         "holds": lambda: results(extraction_layers=extraction((8,), blocked=blocked([0] * 40))),
-        "partly": lambda: results(extraction_layers=extraction((8,), blocked=blocked([0, 1, 1] * 13 + [1]))),
+        # most facts stop, but blocking the non-subject positions (with the last) stops as many
+        "partly": lambda: results(extraction_layers=extraction((8,), blocked=blocked([0] * 40, [0] * 40))),
         "does not hold": lambda: results(extraction_layers=extraction((8,), blocked=blocked([1] * 40))),
     },
     "9": {
@@ -183,6 +189,51 @@ def test_not_measured_without_tables_or_with_too_few_facts(claim):
         few = {name: t[t.known_id < facts] for name, t in holds.tables.items()}
         cell = CLAIMS[claim](results(holds.n_layers, **few), n_boot=50)
         assert cell.verdict == "not measured" and ": only" in cell.note, cell.note
+
+
+def test_most_means_more_than_half():
+    """A third (or 45%) of the facts stopping is not "most": the interval must lie above 0.5."""
+    for still in ([0, 1, 1] * 13 + [1], [0] * 18 + [1] * 22):
+        cell = CLAIMS["8"](results(extraction_layers=extraction((8,), blocked=blocked(still, [1] * 40))), n_boot=200)
+        assert cell.verdict == "does not hold", [(m.name, m.value, m.ci_low) for m in cell.measures]
+
+
+def test_claim_5_needs_the_baseline_and_the_other_positions_in_the_band():
+    """Above the baseline only at the top layers (past the early-to-middle band) is not claim 5."""
+    late = np.r_[[1] * 7, [40] * (L - 7)]  # depth 7/9 = 0.78: above 0.6
+    cell = CLAIMS["5"](results(attributes_rate=rates(late, others=0, baseline=10)), n_boot=200)
+    assert cell.verdict == "does not hold"
+
+
+def test_claim_8_split_by_layer_and_named_sets():
+    """Two extracting layers that each carry >= 10% of the events get rows of their own."""
+    base = extraction((8,), blocked=blocked([0] * 40, [1] * 40))
+    layer3 = base[base.measure == "blocked"].assign(layer=3, value=1)  # at layer 3 nothing stops
+    cell = CLAIMS["8"](results(extraction_layers=pd.concat([base, layer3])), n_boot=100)
+    names = [m.name for m in cell.measures]
+    assert any(n.endswith("at layer 3") for n in names) and any(n.endswith("at layer 8") for n in names)
+    at3 = next(m for m in cell.measures if m.name.startswith("events whose extraction stops, last -> subject")
+               and m.name.endswith("at layer 3"))
+    assert at3.value == 0 and "the paper's set, with the last position" in " ".join(names)
+    assert all(m.unit for m in cell.measures)
+
+
+def test_claim_3_says_why_its_interval_is_narrow():
+    cell = CLAIMS["3"](CASES["3"]["holds"](), n_boot=100)
+    assert "of the resamples" in cell.note and cell.measures[0].unit == "depth"
+
+
+def test_every_row_has_a_unit_and_its_rule_in_words():
+    for claim, cases in CASES.items():
+        rows = ledger.judge(claim, cases["holds"](), n_boot=50).rows()
+        assert all(row["unit"] for row in rows), claim
+        assert all(row["rule"] == rules.rule_words(claim) and row["rule"].startswith("holds: ") for row in rows)
+
+
+def test_cells_of_6_and_6b_show_both_drops():
+    long = ledger.build([ModelResults("a", CASES["6"]["holds"]().tables, L)], n_boot=50)
+    text = ledger.wide(long).iloc[list(CLAIMS).index("6"), 0]
+    assert "attention knockouts" in text and "%" in text and "points" in text
 
 
 def test_all_four_verdicts_are_reached_by_every_rule():

@@ -33,26 +33,27 @@ import numpy as np
 import pandas as pd
 
 from ..paths import PROJECT_ROOT, output_root
-from ..runs.results import check_same_run, load_meta, load_table, model_slug
+from ..runs.results import MixedRunsError, check_same_run, load_meta, load_table, model_slug
 from .rules import (
     BANDS,
     BARELY,
     CLAIM_TEXT,
     EARLY_WINDOWS,
     FEW,
-    HALF_RISE_BY,
     HEAD_EXCESS,
     HURTS,
+    LAYER_SHARE,
     MIN_FACTS,
     MLP_DROP,
     MOST,
     N_BOOT,
     ORDER_GAP,
     RANK_TOP,
+    SECTIONS,
     SEED,
-    SOME,
     TABLES,
     depth,
+    rule_words,
 )
 
 # --------------------------------------------------------------------------------------
@@ -71,14 +72,24 @@ class ModelResults:
     metas: dict[str, dict] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, model: str, root: Path | None = None) -> "ModelResults":
-        """The model's tables, refused (:class:`utils.runs.results.MixedRunsError`) when they
-        come from different runs or models: the claims and the relative depth combine them."""
+    def load(cls, model: str, root: Path | None = None, names=None, anchor: str | None = None) -> "ModelResults":
+        """The model's tables (all of :data:`TABLES`, or only ``names``: a section notebook
+        reads its own, as the others may still be from an earlier run), refused
+        (:class:`utils.runs.results.MixedRunsError`) when they come from different runs or
+        models: the claims and the relative depth combine them. With ``anchor`` (the table a
+        notebook has just written) a table from another run is left out instead, as missing: a
+        run that writes no head mappings must not be judged on an earlier run's."""
         tables, metas = {}, {}
-        for name in TABLES:
+        for name in (TABLES if names is None else names):
             table = load_table(name, model, root=root)
             if table is not None:
                 tables[name], metas[name] = table, load_meta(name, model, root) or {}
+        if anchor is not None and anchor in metas:
+            for name in [n for n in metas if n != anchor]:
+                try:
+                    check_same_run({anchor: metas[anchor], name: metas[name]})
+                except MixedRunsError:
+                    del tables[name], metas[name]
         check_same_run(metas, where=f"results/{model_slug(model)}/")
         n_layers = next((m["n_layers"] for m in metas.values() if m.get("n_layers")), None)
         projection = metas.get("extraction_layers", {}).get("params", {}).get("projection", "logit_lens")
@@ -102,11 +113,16 @@ def available_models(root: Path | None = None) -> list[str]:
 
 @dataclass
 class Measure:
+    """One measured number, its interval, its unit (%, points, share of facts, depth ...) and
+    whether the ledger's cell shows it beside the main measure (both sides of a comparison)."""
+
     name: str
     value: float
     ci_low: float = float("nan")
     ci_high: float = float("nan")
     n: int = 0
+    unit: str = ""
+    in_cell: bool = False
 
 
 @dataclass
@@ -122,12 +138,14 @@ class Cell:
 
     def rows(self) -> list[dict]:
         """Long-form rows; a missing measure or note is left empty (None), so the CSV stays plain text."""
-        note = self.note or None
+        note, rule = self.note or None, rule_words(self.claim)
         if not self.measures:
             return [{"claim": self.claim, "model": self.model, "measure": None, "value": np.nan, "ci_low": np.nan,
-                     "ci_high": np.nan, "n": self.n, "verdict": self.verdict, "note": note}]
+                     "ci_high": np.nan, "n": self.n, "verdict": self.verdict, "note": note, "unit": None,
+                     "rule": rule, "in_cell": True}]
         return [{"claim": self.claim, "model": self.model, "measure": m.name, "value": m.value, "ci_low": m.ci_low,
-                 "ci_high": m.ci_high, "n": m.n, "verdict": self.verdict, "note": note} for m in self.measures]
+                 "ci_high": m.ci_high, "n": m.n, "verdict": self.verdict, "note": note, "unit": m.unit or None,
+                 "rule": rule, "in_cell": bool(k == 0 or m.in_cell)} for k, m in enumerate(self.measures)]
 
 
 def bootstrap(n_facts: int, statistic: Callable[[np.ndarray], float], n_boot: int = N_BOOT,
@@ -146,8 +164,18 @@ def bootstrap(n_facts: int, statistic: Callable[[np.ndarray], float], n_boot: in
     return value, float(lo), float(hi)
 
 
-def _measure(name, n, statistic, boot) -> Measure:
-    return Measure(name, *bootstrap(n, statistic, **boot), n=n)
+def resamples(n_facts: int, statistic: Callable[[np.ndarray], float], n_boot: int = N_BOOT,
+              seed: int = SEED) -> np.ndarray:
+    """The ``n_boot`` values of ``statistic`` behind :func:`bootstrap`'s interval (the same
+    resamples, same seed): to say why an interval of a discrete measure is narrow."""
+    rng = np.random.default_rng(seed)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.array([statistic(rng.integers(0, n_facts, n_facts)) for _ in range(n_boot)], dtype=float)
+
+
+def _measure(name, n, statistic, boot, unit: str = "", in_cell: bool = False) -> Measure:
+    return Measure(name, *bootstrap(n, statistic, **boot), n=n, unit=unit, in_cell=in_cell)
 
 
 def _not_measured(claim: str, r: ModelResults, why: str) -> Cell:
@@ -196,8 +224,9 @@ def _dip_cell(claim: str, r: ModelResults, source: str, band: tuple[float, float
         return cell
     x, d, n = curves.to_numpy(), depth(curves.columns, r.n_layers), len(curves)
     at = int(np.nanargmin(_nanmean(x, 0)))
-    change = _measure("deepest mean change (%)", n, lambda i: _nanmean(x[i, at]), boot)
-    where = _measure("depth of the deepest mean change", n, lambda i: d[np.nanargmin(_nanmean(x[i], 0))], boot)
+    change = _measure("deepest mean change (%)", n, lambda i: _nanmean(x[i, at]), boot, "%")
+    where = _measure("depth of the deepest mean change", n, lambda i: d[np.nanargmin(_nanmean(x[i], 0))], boot,
+                     "depth", in_cell=True)
     main = change.ci_high < 0
     rest = change.value <= HURTS and band[0] <= where.value <= band[1]
     return Cell(claim, r.model, _verdict(main, rest), [change, where], n, f"deepest at layer {curves.columns[at]}")
@@ -224,8 +253,17 @@ def claim_3(r: ModelResults, **boot) -> Cell:
     s, q = subject.loc[facts].to_numpy(), relation.loc[facts].to_numpy()
     ds, dq = depth(subject.columns, r.n_layers), depth(relation.columns, r.n_layers)
     gap = _measure("subject's dip depth minus relation's", len(facts),
-                   lambda i: ds[np.nanargmin(_nanmean(s[i], 0))] - dq[np.nanargmin(_nanmean(q[i], 0))], boot)
-    return Cell("3", r.model, _verdict(gap.ci_low > 0, gap.value >= ORDER_GAP), [gap], len(facts))
+                   lambda i: ds[np.nanargmin(_nanmean(s[i], 0))] - dq[np.nanargmin(_nanmean(q[i], 0))], boot, "depth")
+    # A layer index is discrete: the interval is as wide as the dips move between resamples.
+    # Say how often each stays where all the facts put it, so a narrow interval reads as what it is.
+    stays = []
+    for name, x, columns in (("subject", s, subject.columns), ("relation", q, relation.columns)):
+        at = int(np.nanargmin(_nanmean(x, 0)))
+        moved = resamples(len(facts), lambda i: float(np.nanargmin(_nanmean(x[i], 0)) == at), **boot)
+        stays.append(f"the {name}'s dip stays at layer {columns[at]} in {moved.mean():.0%} of the resamples")
+    note = ("both dips are re-located on the resampled facts' mean curves in every resample; " + ", ".join(stays)
+            + " (an interval of one value means the dips do not move, not that nothing was resampled)")
+    return Cell("3", r.model, _verdict(gap.ci_low > 0, gap.value >= ORDER_GAP), [gap], len(facts), note)
 
 
 def claim_4(r: ModelResults, **boot) -> Cell:
@@ -237,7 +275,7 @@ def claim_4(r: ModelResults, **boot) -> Cell:
         return cell
     x, n = curves.to_numpy(), len(curves)
     at = int(np.nanargmax(np.abs(_nanmean(x, 0))))
-    change = _measure("largest mean change in size (%)", n, lambda i: _nanmean(x[i, at]), boot)
+    change = _measure("largest mean change in size (%)", n, lambda i: _nanmean(x[i, at]), boot, "%")
     if max(abs(change.ci_low), abs(change.ci_high)) < BARELY:
         verdict = "holds"
     elif abs(change.value) < 2 * BARELY:
@@ -272,32 +310,35 @@ def _rates(r: ModelResults):
 
 
 def claim_5(r: ModelResults, **boot) -> Cell:
-    """The rate at the last subject token rises (half of it by mid-depth) and its peak exceeds
-    every other position's peak and the static-embedding baseline."""
+    """In the early-to-middle band the last subject token's peak rate exceeds the
+    static-embedding baseline (the main effect: the layers added attributes the embedding did
+    not hold) and every other position's peak in the same band (the comparison)."""
     if cell := _missing("5", r, "attributes_rate"):
         return cell
     facts, layers, rates, _, base = _rates(r)
     if cell := _too_few("5", r, len(facts), "facts with an attribute set"):
         return cell
     n, d, sl = len(facts), depth(layers, r.n_layers), rates["subject last"]
-    at = int(np.nanargmax(_nanmean(sl, 0)))
-
-    def half_rise(i):
-        m = _nanmean(sl[i], 0)
-        return d[int(np.argmax(m >= m[0] + (np.nanmax(m) - m[0]) / 2))]
-
+    band = np.flatnonzero((d >= BANDS["early-to-middle"][0]) & (d <= BANDS["early-to-middle"][1]))
+    at = int(band[np.nanargmax(_nanmean(sl[:, band], 0))])
     others = {p: x for p, x in rates.items() if p != "subject last"}
-    best = max(others, key=lambda p: np.nanmax(_nanmean(others[p], 0)))
-    at_best = int(np.nanargmax(_nanmean(others[best], 0)))
-    rise = _measure("rise from layer 0 to the peak (points)", n, lambda i: _nanmean(sl[i, at] - sl[i, 0]), boot)
-    half = _measure("depth where half the rise is reached", n, half_rise, boot)
-    over = _measure(f"peak minus the best other position's peak ({best})", n,
-                    lambda i: _nanmean(sl[i, at] - others[best][i, at_best]), boot)
-    over_base = _measure("peak minus the static-embedding baseline", n, lambda i: _nanmean(sl[i, at] - base[i]), boot)
-    peak = _measure("peak rate (%)", n, lambda i: _nanmean(sl[i, at]), boot)
-    rest = half.value <= HALF_RISE_BY and over.ci_low > 0 and over_base.ci_low > 0
-    return Cell("5", r.model, _verdict(rise.ci_low > 0, rest), [rise, half, over, over_base, peak], n,
-                f"peak at layer {layers[at]}")
+    best = max(others, key=lambda p: np.nanmax(_nanmean(others[p][:, band], 0)))
+    at_best = int(band[np.nanargmax(_nanmean(others[best][:, band], 0))])
+    whole = int(np.nanargmax(_nanmean(sl, 0)))
+    over_base = _measure(f"band peak minus the static-embedding baseline (layer {layers[at]})", n,
+                         lambda i: _nanmean(sl[i, at] - base[i]), boot, "points")
+    over = _measure(f"band peak minus the best other position's band peak ({best}, layer {layers[at_best]})", n,
+                    lambda i: _nanmean(sl[i, at] - others[best][i, at_best]), boot, "points", in_cell=True)
+    measures = [over_base, over,
+                _measure("band peak rate (%)", n, lambda i: _nanmean(sl[i, at]), boot, "%"),
+                _measure("static-embedding baseline (%)", n, lambda i: _nanmean(base[i]), boot, "%"),
+                _measure(f"peak rate over all layers (%), at layer {layers[whole]}", n,
+                         lambda i: _nanmean(sl[i, whole]), boot, "%"),
+                _measure("rise from layer 0 to the band peak (points)", n, lambda i: _nanmean(sl[i, at] - sl[i, 0]),
+                         boot, "points")]
+    note = (f"early-to-middle band: layers {layers[band[0]]}-{layers[band[-1]]} (depth <= "
+            f"{BANDS['early-to-middle'][1]}); peaks located on all facts' mean curves")
+    return Cell("5", r.model, _verdict(over_base.ci_low > 0, over.ci_low > 0), measures, n, note)
 
 
 def claim_5b(r: ModelResults, **boot) -> Cell:
@@ -310,7 +351,7 @@ def claim_5b(r: ModelResults, **boot) -> Cell:
     n, sl = len(facts), rates["subject last"]
     at = int(np.nanargmax(_nanmean(sl, 0)))
     excess = _measure("rate minus control at the peak (points)", n, lambda i: _nanmean(sl[i, at] - control[i, at]),
-                      boot)
+                      boot, "points")
     rate = float(_nanmean(sl[:, at]))
     return Cell("5b", r.model, _verdict(excess.ci_low > 0, excess.value >= rate / 2), [excess], n,
                 f"rate at layer {layers[at]}: {rate:.1f}%")
@@ -331,9 +372,11 @@ def _knockouts(claim: str, r: ModelResults, variant: str, boot) -> Cell:
     def drop(x, i):
         return 100 * (1 - _nanmean(x[i]) / _nanmean(none[i]))
 
-    mlp_drop = _measure("relative drop under early MLP knockouts (%)", n, lambda i: drop(mlp, i), boot)
-    attn_drop = _measure("relative drop under early attention knockouts (%)", n, lambda i: drop(attn, i), boot)
-    diff = _measure("MLP drop minus attention drop (points)", n, lambda i: drop(mlp, i) - drop(attn, i), boot)
+    mlp_drop = _measure("relative drop under early MLP knockouts (%)", n, lambda i: drop(mlp, i), boot, "%")
+    attn_drop = _measure("relative drop under early attention knockouts (%)", n, lambda i: drop(attn, i), boot, "%",
+                         in_cell=True)
+    diff = _measure("MLP drop minus attention drop (points)", n, lambda i: drop(mlp, i) - drop(attn, i), boot,
+                    "points", in_cell=True)
     repr_layer = r.metas.get(name, {}).get("params", {}).get("repr_layer")
     note = f"windows starting at layers {int(early.start.min())}-{int(early.start.max())}; rate read at the output " \
            f"of layer {repr_layer}"
@@ -375,48 +418,116 @@ def claim_7(r: ModelResults, **boot) -> Cell:
     a, m, n = attn.to_numpy(), mlp.to_numpy(), len(attn)
     a_any, m_any = np.nanmax(a, 1), np.nanmax(m, 1)
     upper = depth(attn.columns, r.n_layers) >= BANDS["upper"][0]
-    diff = _measure("attention share minus MLP share", n, lambda i: a_any[i].mean() - m_any[i].mean(), boot)
+    diff = _measure("attention share minus MLP share", n, lambda i: a_any[i].mean() - m_any[i].mean(), boot,
+                    "share of facts")
     share_upper = _measure("attention events in the upper half", n,
-                           lambda i: np.nansum(a[i][:, upper]) / np.nansum(a[i]), boot)
+                           lambda i: np.nansum(a[i][:, upper]) / np.nansum(a[i]), boot, "share of events")
     measures = [diff, share_upper,
-                _measure("attention share (facts)", n, lambda i: a_any[i].mean(), boot),
-                _measure("MLP share (facts)", n, lambda i: m_any[i].mean(), boot)]
+                _measure("attention share (facts)", n, lambda i: a_any[i].mean(), boot, "share of facts", True),
+                _measure("MLP share (facts)", n, lambda i: m_any[i].mean(), boot, "share of facts", True)]
     other = "paper" if r.projection == "logit_lens" else "logit_lens"
     a2 = np.nanmax(_events(r, "attn", other).reindex(attn.index).to_numpy(), 1)
     m2 = np.nanmax(_events(r, "mlp", other).reindex(attn.index).to_numpy(), 1)
-    measures += [_measure(f"attention share ({other} projection)", n, lambda i: _nanmean(a2[i]), boot),
-                 _measure(f"MLP share ({other} projection)", n, lambda i: _nanmean(m2[i]), boot)]
+    measures += [_measure(f"attention share ({other} projection)", n, lambda i: _nanmean(a2[i]), boot,
+                          "share of facts"),
+                 _measure(f"MLP share ({other} projection)", n, lambda i: _nanmean(m2[i]), boot, "share of facts")]
     return Cell("7", r.model, _verdict(diff.ci_low > 0, share_upper.ci_low > MOST), measures, n,
                 f"{r.projection} projection")
 
 
+def _split_layers(events: pd.DataFrame) -> list[int]:
+    """The extracting layers that each carry at least :data:`LAYER_SHARE` of the events (one
+    row per event, a ``layer`` column), when more than one does; else none (nothing to split)."""
+    share = events.layer.value_counts(normalize=True)
+    layers = sorted(int(layer) for layer in share[share >= LAYER_SHARE].index)
+    return layers if len(layers) > 1 else []
+
+
+def _per_fact(rows: pd.DataFrame, condition: str, variant: str) -> pd.Series:
+    """Per fact: 1 where its extraction stops at every extracting layer of ``rows`` under ``condition``."""
+    part = rows[(rows.condition == condition) & (rows.variant == variant)]
+    return 1 - part.groupby("known_id").value.max()
+
+
 def claim_8(r: ModelResults, **boot) -> Cell:
-    """Blocking last -> subject at the extracting layers stops extraction in most facts."""
+    """Blocking last -> subject at the extracting layers stops extraction in most facts (the
+    interval above one half), and in more facts than blocking last -> non-subject, the paper's
+    set (which holds the last position: the official code's "block non-subject"). The set
+    without the last position is shown beside it, named; the pooled share is split by
+    extracting layer where several layers carry the events."""
     if cell := _missing("8", r, "extraction_layers"):
         return cell
     t = r.table("extraction_layers")
-    blocked = t[(t.measure == "blocked") & (t.projection == r.projection) & (t.condition == "subject")]
-    still = blocked.pivot_table(index="known_id", columns="variant", values="value", aggfunc="max")
-    if cell := _too_few("8", r, len(still), "facts with an attention extraction event"):
+    blocked = t[(t.measure == "blocked") & (t.projection == r.projection)]
+    if cell := _too_few("8", r, blocked[blocked.condition == "subject"].known_id.nunique(),
+                        "facts with an attention extraction event"):
         return cell
-    n = len(still)
-    removed = {v: 1 - still[v].to_numpy() for v in still.columns}
-    main = _measure("facts whose extraction stops (renormalised)", n, lambda i: removed["renormalised"][i].mean(),
-                    boot)
+    facts = pd.Index(sorted(blocked[blocked.condition == "subject"].known_id.unique()))
+    stops = {(c, v): _per_fact(blocked, c, v).reindex(facts).to_numpy()
+             for c in ("subject", "non-subject", "non-subject ex. last") for v in ("renormalised", "official")
+             if len(blocked[(blocked.condition == c) & (blocked.variant == v)])}
+    n = len(facts)
+    subject = stops[("subject", "renormalised")]
+
+    def share(key):
+        return lambda i: _nanmean(stops[key][i])
+
+    main = _measure("facts whose extraction stops, last -> subject blocked (renormalised)", n,
+                    share(("subject", "renormalised")), boot, "share of facts")
     measures = [main]
-    if "official" in removed:
-        measures.append(_measure("facts whose extraction stops (official re-softmax)", n,
-                                 lambda i: removed["official"][i].mean(), boot))
+    diff = None
+    if ("non-subject", "renormalised") in stops:
+        other = stops[("non-subject", "renormalised")]
+        diff = _measure("subject blocked minus non-subject blocked (the paper's set, with the last position)", n,
+                        lambda i: _nanmean(subject[i] - other[i]), boot, "share of facts", in_cell=True)
+        measures += [diff, _measure("facts whose extraction stops, last -> non-subject blocked (the paper's set, with "
+                                    "the last position)", n, share(("non-subject", "renormalised")), boot,
+                                    "share of facts", in_cell=True)]
+    if ("non-subject ex. last", "renormalised") in stops:
+        other_ex = stops[("non-subject ex. last", "renormalised")]
+        measures += [_measure("facts whose extraction stops, last -> non-subject ex. last blocked (without the last "
+                              "position)", n, share(("non-subject ex. last", "renormalised")), boot, "share of facts"),
+                     _measure("subject blocked minus non-subject ex. last blocked", n,
+                              lambda i: _nanmean(subject[i] - other_ex[i]), boot, "share of facts")]
+    if ("subject", "official") in stops:
+        measures.append(_measure("facts whose extraction stops, last -> subject blocked (official re-softmax)", n,
+                                 share(("subject", "official")), boot, "share of facts"))
+    events = blocked[(blocked.condition == "subject") & (blocked.variant == "renormalised")]
+    # the same counted per event (fact x extracting layer), the facts still resampled whole
+    per_event = {c: blocked[(blocked.condition == c) & (blocked.variant == "renormalised")].groupby("known_id").value
+                 for c in ("subject", "non-subject")}
+    if len(per_event["non-subject"].size()):
+        stopped = {c: (g.size() - g.sum()).reindex(facts).to_numpy(float) for c, g in per_event.items()}
+        total = per_event["subject"].size().reindex(facts).to_numpy(float)
+        measures += [_measure("events whose extraction stops, subject blocked minus non-subject blocked (the paper's "
+                              "set), per event", n,
+                              lambda i: (stopped["subject"][i].sum() - stopped["non-subject"][i].sum()) / total[i].sum(),
+                              boot, "share of events")]
+    split = _split_layers(events)
+    for layer in split:
+        at = blocked[blocked.layer == layer]
+        ids = pd.Index(sorted(at[at.condition == "subject"].known_id.unique()))
+        per = {c: _per_fact(at, c, "renormalised").reindex(ids).to_numpy() for c in ("subject", "non-subject")}
+        m = len(ids)
+        measures += [_measure(f"events whose extraction stops, last -> subject blocked, at layer {layer}", m,
+                              lambda i, x=per["subject"]: _nanmean(x[i]), boot, "share of events"),
+                     _measure(f"events whose extraction stops, last -> non-subject blocked, at layer {layer}", m,
+                              lambda i, x=per["non-subject"]: _nanmean(x[i]), boot, "share of events")]
     any_layer = t[(t.measure == "blocked_any") & (t.variant == "official")].pivot_table(
         index="known_id", columns="condition", values="value")
     if {"none", "subject"} <= set(any_layer.columns):
-        none, subject, n_all = any_layer["none"].to_numpy(), any_layer["subject"].to_numpy(), len(any_layer)
+        none, subj, n_all = any_layer["none"].to_numpy(), any_layer["subject"].to_numpy(), len(any_layer)
         measures += [_measure("all facts extracting at some layer, nothing blocked (official aggregation)", n_all,
-                              lambda i: none[i].mean(), boot),
+                              lambda i: none[i].mean(), boot, "share of facts"),
                      _measure("... last -> subject blocked at each layer in turn", n_all,
-                              lambda i: subject[i].mean(), boot)]
-    return Cell("8", r.model, _verdict(main.ci_low > SOME, main.ci_low > MOST), measures, n,
-                f"{r.projection} projection")
+                              lambda i: subj[i].mean(), boot, "share of facts")]
+    counts = events.layer.value_counts()
+    note = (f"{r.projection} projection; {len(events)} events in {n} facts ("
+            + ", ".join(f"layer {int(k)}: {int(v)}" for k, v in counts.sort_index().items()) + ")"
+            + (f"; split by extracting layer (each of {', '.join(map(str, split))} carries >= {LAYER_SHARE:.0%} of "
+               "the events); the verdict reads the pooled share" if split else ""))
+    rest = diff is not None and diff.ci_low > 0
+    return Cell("8", r.model, _verdict(main.ci_low > MOST, rest), measures, n, note)
 
 
 def claim_9(r: ModelResults, **boot) -> Cell:
@@ -439,14 +550,32 @@ def claim_9(r: ModelResults, **boot) -> Cell:
     subject0 = rates[("subject", first)].to_numpy()
     means = {g: rates[g].to_numpy().mean(1) for g in ("subject", "non-subject", "last")}
     reduction = _measure(f"relative reduction, subject patched from layer {first}", n,
-                         lambda i: 1 - subject0[i].mean() / u[i].mean(), boot)
+                         lambda i: 1 - subject0[i].mean() / u[i].mean(), boot, "share of the unpatched share")
     others = _measure("other positions' rate minus the subject's (mean over source layers)", n,
                       lambda i: min(means["non-subject"][i].mean(), means["last"][i].mean()) - means["subject"][i].mean(),
-                      boot)
-    measures = [reduction, others, _measure("unpatched share", n, lambda i: u[i].mean(), boot),
-                _measure(f"share with the subject patched from layer {first}", n, lambda i: subject0[i].mean(), boot)]
-    return Cell("9", r.model, _verdict(reduction.ci_low > 0, others.ci_low > 0), measures, n,
-                f"{extracting} facts extract unpatched; {r.projection} projection")
+                      boot, "share of facts", in_cell=True)
+    measures = [reduction, others, _measure("unpatched share", n, lambda i: u[i].mean(), boot, "share of facts"),
+                _measure(f"share with the subject patched from layer {first}", n, lambda i: subject0[i].mean(), boot,
+                         "share of facts")]
+    for g in ("subject", "non-subject", "last"):
+        measures.append(_measure(f"extraction rate with the {g} positions patched (mean over source layers)", n,
+                                 lambda i, g=g: means[g][i].mean(), boot, "share of facts"))
+    # per extracting layer: the facts whose unpatched attention extracts at that layer (the
+    # patched table keeps, per fact, whether extraction survives at any layer)
+    attn = _events(r, "attn").loc[facts]
+    events = attn.stack().rename("value").reset_index().query("value == 1")
+    split = _split_layers(events)
+    for layer in split:
+        ids = np.flatnonzero(attn[layer].to_numpy() == 1)
+        x = subject0[ids]
+        measures.append(_measure(f"facts still extracting with the subject patched from layer {first}, of those "
+                                 f"extracting at layer {layer}", len(ids), lambda i, x=x: x[i].mean(), boot,
+                                 "share of facts"))
+    note = (f"{extracting} facts extract unpatched; {r.projection} projection"
+            + (f"; split by the layer where the unpatched attention extracts (each of {', '.join(map(str, split))} "
+               f"carries >= {LAYER_SHARE:.0%} of the events; a patched fact counts as extracting at any layer); the "
+               "verdict reads the pooled measures" if split else ""))
+    return Cell("9", r.model, _verdict(reduction.ci_low > 0, others.ci_low > 0), measures, n, note)
 
 
 def claim_10(r: ModelResults, **boot) -> Cell:
@@ -463,8 +592,9 @@ def claim_10(r: ModelResults, **boot) -> Cell:
     lists = [np.asarray(v, dtype=float) for _, v in per_fact]
     n = len(count)
     share = _measure(f"events with the attribute at rank >= {RANK_TOP}", n, lambda i: low[i].sum() / count[i].sum(),
-                     boot)
-    median = _measure("median rank over events", n, lambda i: np.median(np.concatenate([lists[j] for j in i])), boot)
+                     boot, "share of events")
+    median = _measure("median rank over events", n, lambda i: np.median(np.concatenate([lists[j] for j in i])), boot,
+                      "rank")
     return Cell("10", r.model, _verdict(share.ci_low > FEW, share.ci_low > MOST), [share, median], n,
                 f"{int(count.sum())} events; {r.projection} projection")
 
@@ -488,11 +618,12 @@ def claim_11(r: ModelResults, **boot) -> Cell:
     control = m.pivot_table(index="known_id", columns="head_id", values="control_top10").reindex_like(excess)
     x, n = excess.to_numpy(), len(excess)
     best = int(np.nanargmax(_nanmean(x, 0)))
-    value = _measure("best head: top-10 share minus control's", n, lambda i: np.nanmax(_nanmean(x[i], 0)), boot)
+    value = _measure("best head: top-10 share minus control's", n, lambda i: np.nanmax(_nanmean(x[i], 0)), boot,
+                     "share of facts")
     top, ctrl = top10.to_numpy()[:, best], control.to_numpy()[:, best]
     layer, head = excess.columns[best].split(".")
-    measures = [value, _measure("best head: top-10 share", n, lambda i: _nanmean(top[i]), boot),
-                _measure("best head: control's top-10 share", n, lambda i: _nanmean(ctrl[i]), boot)]
+    measures = [value, _measure("best head: top-10 share", n, lambda i: _nanmean(top[i]), boot, "share of facts"),
+                _measure("best head: control's top-10 share", n, lambda i: _nanmean(ctrl[i]), boot, "share of facts")]
     note = (f"best head: layer {layer} head {head} (depth {float(depth(int(layer), r.n_layers)):.2f}), "
             f"{int(counts[excess.columns[best]])} facts")
     return Cell("11", r.model, _verdict(value.ci_low > 0, value.value >= HEAD_EXCESS), measures, n, note)
@@ -506,23 +637,105 @@ CLAIMS = {"1": claim_1, "2": claim_2, "3": claim_3, "4": claim_4, "5": claim_5, 
 # The ledger
 
 
+def _prompts(r: ModelResults, claim: str) -> str:
+    """Which prompts a claim's step ran on, and why its n can differ from the other steps':
+    §3 (claims 1-4) runs its prompts with the sink token its ``sink`` choice gives (``prepend``
+    adds one to a model without a BOS token), §4 and §5 the prompts as the tokenizer gives them,
+    and each step keeps the facts the model knows under its own prompts."""
+    flow_meta = r.metas.get("information_flow_prepend", {}).get("params", {})
+    own = "information_flow_prepend" if claim in SECTIONS["01"] else next(
+        (t for t in ("attributes_rate", "extraction_layers") if t in r.metas), None)
+    if own is None or own not in r.metas:
+        return ""
+    if own == "information_flow_prepend":
+        text = f"§3 prompts (sink={flow_meta.get('sink')!r}: a sink token first)"
+    else:
+        text = f"§4-§5 prompts (prepend_sink={r.metas[own].get('params', {}).get('prepend_sink')!r}: as tokenized)"
+    counts = {t: r.table(t).known_id.nunique() for t in ("information_flow_prepend", "extraction_layers")
+              if r.table(t) is not None}
+    if len(counts) == 2 and len(set(counts.values())) == 2:
+        text += (f"; known facts differ by step: {counts['information_flow_prepend']} under the §3 prompts, "
+                 f"{counts['extraction_layers']} under the raw prompts of §4-§5 (the sink token changes which facts "
+                 "the model predicts)")
+    return text
+
+
+def judge(claim: str, r: ModelResults, n_boot: int = N_BOOT, seed: int = SEED) -> Cell:
+    """One claim on one model, with the prompts of its step in the note."""
+    cell = CLAIMS[claim](r, n_boot=n_boot, seed=seed)
+    prompts = _prompts(r, claim)
+    if prompts:
+        cell.note = f"{cell.note}; {prompts}" if cell.note else prompts
+    return cell
+
+
 def build(models, root: Path | None = None, n_boot: int = N_BOOT, seed: int = SEED) -> pd.DataFrame:
     """The long-form ledger (claim, model, measure, value, ci_low, ci_high, n, verdict,
     note) of every claim on every model (names, or loaded :class:`ModelResults`)."""
     rows = []
     for model in models:
         r = model if isinstance(model, ModelResults) else ModelResults.load(model, root)
-        for claim in CLAIMS.values():
-            rows += claim(r, n_boot=n_boot, seed=seed).rows()
-    return pd.DataFrame(rows, columns=["claim", "model", "measure", "value", "ci_low", "ci_high", "n", "verdict",
-                                       "note"])
+        for claim in CLAIMS:
+            rows += judge(claim, r, n_boot, seed).rows()
+    return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def _cell_text(group: pd.DataFrame) -> str:
+COLUMNS = ["claim", "model", "measure", "value", "ci_low", "ci_high", "n", "verdict", "note", "unit", "rule", "in_cell"]
+"""The long ledger's columns: ``unit`` is the measure's unit, ``rule`` the claim's rule in
+words, ``in_cell`` marks the measures the wide table's cell shows (the main one, and both
+sides of a comparison)."""
+
+
+def _number(row) -> str:
+    unit = "" if pd.isna(row.unit) or not row.unit else f" {row.unit}" if row.unit != "%" else "%"
+    return f"{row.value:.3g} [{row.ci_low:.3g}, {row.ci_high:.3g}]{unit}"
+
+
+def cell_text(group: pd.DataFrame) -> str:
+    """One claim on one model in a line: each measure the cell shows (``in_cell``) with its
+    interval and unit, then n and the verdict."""
     main = group.iloc[0]
     if main.verdict == "not measured":
         return f"not measured: {main.note}"
-    return f"{main.value:.3g} [{main.ci_low:.3g}, {main.ci_high:.3g}], n={main.n}: {main.verdict}"
+    shown = group[group.in_cell.astype(bool)] if "in_cell" in group else group.iloc[:1]
+    parts = [_number(row) if k == 0 else f"{row.measure}: {_number(row)}" for k, (_, row) in
+             enumerate(shown.iterrows())]
+    return "; ".join(parts) + f", n={main.n}: {main.verdict}"
+
+
+_cell_text = cell_text
+
+
+def section_rows(model: str, section: str, root: Path | None = None, n_boot: int = N_BOOT,
+                 seed: int = SEED) -> pd.DataFrame:
+    """The ledger's rows for the claims a section notebook judges (:data:`SECTIONS`), on one
+    model, from that model's results folder: what the notebook prints at its end, computed by
+    the one function that also fills ``results/ledger.csv`` (notebooks define no rule)."""
+    claims = SECTIONS[section]
+    names = [t for t, nb in TABLES.items() if nb == section]
+    r = ModelResults.load(model, root, names, anchor=names[0])
+    rows = []
+    for claim in claims:
+        rows += judge(claim, r, n_boot, seed).rows()
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def section_report(model: str, section: str, root: Path | None = None) -> str:
+    """:func:`section_rows` as text: per claim its rule in words, then each measure's value,
+    unit, 95% interval and n, and the verdict."""
+    rows = section_rows(model, section, root)
+    lines = [f"The paper's claims on {model_slug(model)}, judged by the ledger (utils/paper/rules.py; 95% bootstrap "
+             "intervals over facts):"]
+    for claim, group in rows.groupby("claim", sort=False):
+        main = group.iloc[0]
+        lines += ["", f"{claim}. {CLAIM_TEXT[claim]}: {main.verdict}", f"   rule: {main.rule}"]
+        if main.verdict == "not measured":
+            lines.append(f"   {main.note}")
+            continue
+        lines += [f"   {row.measure}: {_number(row)}, n={row.n}" for row in group.itertuples()]
+        if isinstance(main.note, str) and main.note:
+            lines.append(f"   note: {main.note}")
+    return "\n".join(lines)
 
 
 def wide(long: pd.DataFrame) -> pd.DataFrame:
