@@ -36,7 +36,8 @@ endif
 help:
 	@echo "make reproduce [MODEL=gemma-3-270m] [N_FACTS=0] [DEVICE=auto] [DTYPE=float32]"
 	@echo "make atlas MODELS=\"smollm2-135m gemma-3-270m\"  # reproduce each model, then notebook 04 over all of them"
-	@echo "make readme      # regenerate the README's findings from results/"
+	@echo "make reproduce MODEL=smollm2-135m DATASET=small N_FACTS=5 DISSECT_OUTPUT_ROOT=build/quick  # a quick run, outputs under build/quick/"
+	@echo "make readme      # regenerate the README's findings (from results/) and timings (from executed/)"
 	@echo "make test        # pytest + the notebooks under nbval (+ the exercises, the book in headless Chromium)"
 	@echo "make book [BOOK_SOURCE=executed/gemma-3-270m]  # the reader's edition: $(BOOK_OUT)/html/index.html"
 	@echo "make bench       # batched vs per-example attention knockout"
@@ -107,9 +108,11 @@ atlas: venv
 	  -p model $(firstword $(MODELS)) -p models "$(MODELS)"
 	@echo "ledger: $(OUT)results/ledger.csv  figures: $(OUT)figures/atlas/  executed notebook: $(OUT)executed/atlas/"
 
-# The README's "What the notebooks find" section, regenerated from results/ (a test checks it is current)
+# The README's "What the notebooks find" section, regenerated from results/, and its run times, from the executed
+# notebooks' papermill records (tests/test_readme.py checks both are current)
 readme: venv
 	$(BIN)/python -m utils.companion.findings
+	$(BIN)/python -m utils.companion.timings
 
 TEST_OUT := $(CURDIR)/.test-outputs
 test: venv book-venv chromium

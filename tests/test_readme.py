@@ -1,13 +1,16 @@
 """The README's findings are the results' numbers: regenerating the section from results/
 changes nothing, a number edited by hand is caught, and the committed ledger is what the
-committed raw tables give."""
+committed raw tables give. Its timings are the executed notebooks' own records, and its first
+screen is for readers."""
 
 import shutil
 
 import numpy as np
 import pytest
 
-from utils.companion import findings
+import json
+
+from utils.companion import findings, timings
 from utils.paper import ledger
 from utils.paths import PROJECT_ROOT
 from utils.runs.results import load_meta, load_table, write_table
@@ -57,3 +60,37 @@ def test_committed_ledger_is_what_the_raw_tables_give():
     assert not load_meta("ledger", None, PROJECT_ROOT)["json_columns"]  # a plain CSV, readable without the project
     for column in ("value", "ci_low", "ci_high", "n"):
         np.testing.assert_allclose(committed[column].astype(float), fresh[column].astype(float), rtol=1e-9)
+
+
+def test_readme_timings_are_the_executed_notebooks_records(readme):
+    """Run `make readme` after the executed notebooks change."""
+    assert timings.BEGIN in readme and timings.END in readme
+    assert timings.updated(readme) == readme, "README timings differ from executed/: run `make readme`"
+
+
+def test_a_changed_duration_changes_the_timings(tmp_path):
+    source = PROJECT_ROOT / "executed" / timings.MODEL
+    (tmp_path / "executed").mkdir()
+    shutil.copytree(source, tmp_path / "executed" / timings.MODEL)
+    path = tmp_path / "executed" / timings.MODEL / "01_information_flow.ipynb"
+    nb = json.loads(path.read_text())
+    nb["cells"][5].setdefault("metadata", {}).setdefault("papermill", {})["duration"] = 6000.0
+    path.write_text(json.dumps(nb))
+    changed = timings.render(root=tmp_path)
+    assert changed != timings.render() and "| 01_information_flow | 1" in changed
+
+
+def test_no_hand_written_timing_in_the_readme(readme):
+    outside = readme.replace(readme[readme.index(timings.BEGIN):readme.index(timings.END)], "")
+    for phrase in ("about 19 min", "under a minute", "7.5 min", "minutes from scratch"):
+        assert phrase not in outside, phrase
+
+
+def test_the_first_screen_says_what_it_is_what_it_found_and_how_to_start(readme):
+    first = "\n".join(readme.splitlines()[:60])
+    assert "Dissecting Recall" in first and "<!-- summary:begin -->" in first and "<!-- summary:end -->" in first
+    assert "make reproduce MODEL=smollm2-135m DATASET=small" in first and "DISSECT_OUTPUT_ROOT=build/quick" in first
+    assert "make book" in first and "00_known_facts" in first and "CONTRIBUTING.md" in first
+    assert readme.index(findings.BEGIN) < readme.index("## Layout")
+    for developer in ("requirements.lock", "make atlas MODELS", "| `gpt2` |", "make bench", "nbval"):
+        assert developer not in readme[:readme.index(findings.BEGIN)], developer
