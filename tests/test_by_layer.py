@@ -95,3 +95,17 @@ def test_gemma_split_by_layer_matches_the_issue():
     assert row.events == 163
     assert (round(row.surviving, 3), round(row.ci_low, 3), round(row.ci_high, 3)) == (0.810, 0.748, 0.865)
     assert round(b.loc[(15, -1, "all but last"), "surviving"], 2) == 0.79
+
+
+def test_no_event_gives_empty_tables_not_errors():
+    """A small run may have no extraction event: every table is empty, with its columns."""
+    layers = _layers()
+    layers = layers[layers.measure == "mlp"]  # no attention event, no blocked row, no head
+    patched = pd.DataFrame(columns=["known_id", "positions", "source_layer", "extracted", "n_layers", "n_positions"])
+    assert bl.events_by_layer(layers, "logit_lens").layer.tolist() == [-1]
+    assert bl.heads_by_layer(layers, "logit_lens").empty
+    blocked = bl.blocked_by_layer(layers, "logit_lens", n_boot=10)
+    assert blocked.empty and "surviving" in blocked.columns
+    assert bl.patched_by_layer(patched, layers, "logit_lens").empty
+    mechanism = bl.mechanism_by_layer(layers, _prepend(0.0), "logit_lens", n_boot=10)
+    assert mechanism.empty and "layer" in mechanism.columns

@@ -120,7 +120,8 @@ def blocked_by_layer(layers: pd.DataFrame, projection: str, variant: str = "reno
             rows.append({"layer": layer, "head": head, "condition": condition, "variant": variant,
                          "events": len(sub), "facts": sub.known_id.nunique(), "surviving": value,
                          "ci_low": lo, "ci_high": hi})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["layer", "head", "condition", "variant", "events", "facts", "surviving",
+                                       "ci_low", "ci_high"])
 
 
 # --------------------------------------------------------------------------------------
@@ -141,7 +142,7 @@ def patched_by_layer(patched: pd.DataFrame, layers: pd.DataFrame, projection: st
         for (positions, source), g in sub.groupby(["positions", "source_layer"]):
             rows.append({"layer": layer, "positions": positions, "source_layer": int(source), "facts": len(g),
                          "still extracting": g.extracted.mean()})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["layer", "positions", "source_layer", "facts", "still extracting"])
 
 
 # --------------------------------------------------------------------------------------
@@ -189,7 +190,7 @@ def mechanism_by_layer(layers: pd.DataFrame, prepend: pd.DataFrame | None, proje
                     "need the subject ci_high": 1 - s.ci_low, "need only the last position": a.surviving,
                     "need only the last position ci_low": a.ci_low, "need only the last position ci_high": a.ci_high})
         rows.append(row)
-    out = pd.DataFrame(rows)
+    out = pd.DataFrame(rows, columns=["layer", "events", "facts"]) if not rows else pd.DataFrame(rows)
     return pd.concat([out[out.layer != POOLED], out[out.layer == POOLED]], ignore_index=True)
 
 
@@ -244,7 +245,8 @@ def mapping_stats(mappings: pd.DataFrame) -> pd.DataFrame:
                          "control median": d.control_median_rank.median(),
                          f"control top-{RANK_TOP}": d.control_top10.mean(),
                          f"excess top-{RANK_TOP}": (d.rank_best < RANK_TOP).mean() - d.control_top10.mean()})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["layer", "head", "facts", "n", "median rank", f"top-{RANK_TOP}",
+                                       "control median", f"control top-{RANK_TOP}", f"excess top-{RANK_TOP}"])
 
 
 def mapping_examples(mappings: pd.DataFrame, per_head: int = 3) -> pd.DataFrame:
