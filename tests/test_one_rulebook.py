@@ -117,3 +117,34 @@ def test_the_scan_catches_a_notebook_rule(tmp_path):
     path = tmp_path / "03_x.ipynb"
     nbformat.write(nb, path)
     assert len(rule_makers(path)) == 2
+
+
+def test_section_rows_are_the_ledgers_rows():
+    """Independent of what is committed: a section's rows are the full ledger's rows for its claims."""
+    model = "gemma-3-270m"
+    if not (PROJECT_ROOT / "results" / model / "extraction_layers.csv").exists():
+        pytest.skip("no committed results")
+    full = ledger.build([model], PROJECT_ROOT, n_boot=50)
+    for section, claims in rules.SECTIONS.items():
+        rows = ledger.section_rows(model, section, PROJECT_ROOT, n_boot=50)
+        part = full[full.claim.isin(claims)].reset_index(drop=True)
+        assert rows[["claim", "measure", "verdict", "unit", "rule"]].equals(
+            part[["claim", "measure", "verdict", "unit", "rule"]]), section
+
+
+def test_a_table_from_another_run_is_left_out_not_judged(tmp_path):
+    """A run of notebook 03 that writes no head mappings is not judged on an earlier run's."""
+    import json
+    import shutil
+    model = "gemma-3-270m"
+    source = PROJECT_ROOT / "results" / model
+    if not (source / "extraction_head_mappings.csv").exists():
+        pytest.skip("no committed results")
+    shutil.copytree(source, tmp_path / "results" / model)
+    meta_path = tmp_path / "results" / model / "extraction_head_mappings.meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["params"]["n_facts"] = 7  # as an earlier run on 7 facts would have written it
+    meta_path.write_text(json.dumps(meta))
+    rows = ledger.section_rows(model, "03", tmp_path, n_boot=20)
+    eleven = rows[rows.claim == "11"].iloc[0]
+    assert eleven.verdict == "not measured" and "missing" in eleven.note

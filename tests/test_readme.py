@@ -94,3 +94,32 @@ def test_the_first_screen_says_what_it_is_what_it_found_and_how_to_start(readme)
     assert readme.index(findings.BEGIN) < readme.index("## Layout")
     for developer in ("requirements.lock", "make atlas MODELS", "| `gpt2` |", "make bench", "nbval"):
         assert developer not in readme[:readme.index(findings.BEGIN)], developer
+
+
+def test_readme_opens_with_the_summary_of_what_replicates(readme):
+    """Three lines near the top, one per step of the paper, from the ledger (`make readme`)."""
+    begin, end = readme.index(findings.SUMMARY_BEGIN), readme.index(findings.SUMMARY_END)
+    assert begin < readme.index("\n## ") and begin < end
+    lines = [line for line in readme[begin:end].splitlines() if line.startswith("- **§")]
+    assert len(lines) == 3 and all(m in line for line in lines for m in findings.MODELS.values())
+    assert readme[begin + len(findings.SUMMARY_BEGIN) + 1:end] == findings.summary(PROJECT_ROOT)
+
+
+def test_a_changed_verdict_changes_the_summary(tmp_path):
+    shutil.copytree(PROJECT_ROOT / "results", tmp_path / "results", ignore=shutil.ignore_patterns(".journal"))
+    long = load_table("ledger", None, root=tmp_path)
+    before = findings.summary(tmp_path)
+    long.loc[(long.claim == "1") & (long.model == "gemma-3-270m"), "verdict"] = "does not hold"
+    write_table(long, tmp_path / "results", "ledger", load_meta("ledger", None, tmp_path))
+    after = findings.summary(tmp_path)
+    assert after != before and "gemma-3-270m replicates in part (3 of 4 claims hold; does not hold: 1)" in after
+
+
+def test_the_findings_split_claim_8_by_extracting_layer(section):
+    """No pooled "still extract" share without the ledger's per-layer rows beside it."""
+    long = load_table("ledger", None, root=PROJECT_ROOT)
+    layered = long[(long.claim == "8") & long.measure.fillna("").str.contains(", at layer ")]
+    for model in set(layered.model) & set(findings.MODELS.values()):
+        if model == findings.MODELS["g"]:
+            for measure in layered[layered.model == model].measure:
+                assert f"at layer {measure.rsplit(' ', 1)[1]} (" in " ".join(section.split())

@@ -3,9 +3,12 @@
 Prose that quotes numbers drifts from the numbers when a run changes them. So the section
 between the README's ``<!-- findings:begin -->`` and ``<!-- findings:end -->`` markers is
 :data:`TEMPLATE` filled with values computed here from the committed raw tables and the
-claims ledger (``results/ledger.csv``), never typed by hand. ``python -m utils.companion.findings``
-(``make readme``) rewrites it; ``--check`` exits with 1 and prints the difference when the
-README is not what the results give, which ``tests/test_readme.py`` asserts.
+claims ledger (``results/ledger.csv``), never typed by hand, and the three lines between
+``<!-- summary:begin -->`` and ``<!-- summary:end -->`` near the README's top say, from the
+ledger alone, which of the paper's three steps replicate on which model (:func:`summary`).
+``python -m utils.companion.findings`` (``make readme``) rewrites both; ``--check`` exits with
+1 and prints the difference when the README is not what the results give, which
+``tests/test_readme.py`` asserts.
 
 Layers are numbered from 0, as everywhere in the project.
 """
@@ -28,6 +31,13 @@ from ..runs.results import check_same_run, load_meta, load_table
 
 README = PROJECT_ROOT / "README.md"
 BEGIN, END = "<!-- findings:begin -->", "<!-- findings:end -->"
+SUMMARY_BEGIN, SUMMARY_END = "<!-- summary:begin -->", "<!-- summary:end -->"
+STEPS = {"01": "§3 the relation and the subject flow to the last position (notebook 01)",
+         "02": "§4 early MLPs enrich the subject (notebook 02)",
+         "03": "§5 attention extracts the attribute from the subject (notebook 03)"}
+"""The paper's three steps, one summary line each, judged on the claims of :data:`rules.SECTIONS`."""
+CONTROLS = ("5b", "6b")
+"""This project's controls: in the ledger, not in the summary of the paper's claims."""
 MODELS = {"g": "gemma-3-270m", "s": "smollm2-135m"}  # template name -> model
 READ = ("extraction_layers", "information_flow_prepend", "information_flow_official", "attributes_rate",
         "sublayer_knockout_official", "sublayer_knockout_zero", "extraction_patched", "extraction_head_mappings")
@@ -102,30 +112,102 @@ def model_values(model: str, root: Path = PROJECT_ROOT) -> SimpleNamespace:
     best = mappings[(mappings.layer == v.head_layer) & (mappings["head"] == v.head)].sort_values(["rank_best", "known_id"]).iloc[0]
     v.example_subject, v.example_attribute = best.subject, best.attribute.strip()
 
-    blocked = run[(run.measure == "blocked") & (run.condition == "subject") & (run.variant == "renormalised")]
-    v.still = blocked.groupby("known_id").value.max().mean()
     any_layer = layers[(layers.measure == "blocked_any") & (layers.variant == "official")]
     v.any_none = any_layer[any_layer.condition == "none"].value.mean()
     v.any_subject = any_layer[any_layer.condition == "subject"].value.mean()
+
+    long = _ledger(root)
+    v.blocking = blocking_by_layer(model, root)
+    v.baseline = float(_row(long, model, "5", "static-embedding baseline (%)").value)
+    v.band_peak = float(_row(long, model, "5", "band peak rate (%)").value)
+    verdict = _row(long, model, "5", "").verdict
+    v.claim5 = {"holds": "holds", "partly": "holds only in part", "does not hold": "does not hold"}.get(verdict, verdict)
     return v
+
+
+def _ledger(root: Path) -> pd.DataFrame:
+    long = load_table("ledger", None, root=root)
+    if long is None:
+        raise FileNotFoundError("results/ledger.csv is missing: run notebook 04")
+    if "unit" not in long or "in_cell" not in long:
+        raise ValueError("results/ledger.csv predates the ledger's unit and rule columns: rerun notebook 04")
+    return long
 
 
 def ledger_table(root: Path = PROJECT_ROOT) -> str:
     """The committed ledger (results/ledger.csv) as a markdown table: per claim and model the
-    main measure, its 95% interval and the verdict."""
-    long = load_table("ledger", None, root=root)
-    if long is None:
-        raise FileNotFoundError("results/ledger.csv is missing: run notebook 04")
+    measures its cell shows (the main one; both sides of a comparison), with units and 95%
+    intervals, and the verdict (:func:`utils.paper.ledger.cell_text`)."""
+    long = _ledger(root)
     models = [m for m in MODELS.values() if m in set(long.model)]
     lines = ["| claim | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
     for claim, group in long.groupby("claim", sort=False):
         cells = []
         for model in models:
-            main = group[group.model == model].iloc[0]
-            cells.append(f"not measured ({main.note})" if main.verdict == "not measured" else
-                         f"**{main.verdict}**: {main.value:.3g} [{main.ci_low:.3g}, {main.ci_high:.3g}], n = {main.n}")
+            text = ledger.cell_text(group[group.model == model]).replace("|", "/")
+            verdict = group[group.model == model].iloc[0].verdict
+            cells.append(text if verdict == "not measured" else f"**{verdict}**: " + text.rsplit(": ", 1)[0])
         lines.append(f"| {claim}. {rules.CLAIM_TEXT[claim]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def summary(root: Path = PROJECT_ROOT) -> str:
+    """Three lines, one per step of the paper: on each model, how many of the step's claims
+    hold, and which hold partly or do not (the ledger's verdicts; this project's controls
+    5b and 6b left out)."""
+    long = _ledger(root).drop_duplicates(["claim", "model"])
+    models = [m for m in MODELS.values() if m in set(long.model)]
+    lines = []
+    for section, step in STEPS.items():
+        claims = [c for c in rules.SECTIONS[section] if c not in CONTROLS]
+        parts = []
+        for model in models:
+            verdicts = long[(long.model == model) & long.claim.isin(claims)].set_index("claim").verdict
+            held = [c for c in claims if verdicts.get(c) == "holds"]
+            rest = {v: [c for c in claims if verdicts.get(c) == v] for v in rules.VERDICTS[1:]}
+            word = ("replicates" if len(held) == len(claims) else "does not replicate" if not held and not rest["partly"]
+                    else "replicates in part")
+            detail = "; ".join(f"{v}: {', '.join(cs)}" for v, cs in rest.items() if cs)
+            parts.append(f"{model} {word} ({len(held)} of {len(claims)} claims hold" + (f"; {detail}" if detail else "")
+                         + ")")
+        lines.append(f"- **{step}**, claims {', '.join(claims)}: " + "; ".join(parts) + ".")
+    lead = ("Which of the paper's three steps replicate, from the claims ledger (`results/ledger.csv`, notebook 04; "
+            "rules in [`utils/paper/rules.py`](utils/paper/rules.py)):")
+    return lead + "\n\n" + "\n".join(lines) + "\n"
+
+
+def _row(long: pd.DataFrame, model: str, claim: str, starts: str) -> pd.Series | None:
+    rows = long[(long.model == model) & (long.claim == claim) & long.measure.fillna("").str.startswith(starts)]
+    return rows.iloc[0] if len(rows) else None
+
+
+def blocking_by_layer(model: str, root: Path = PROJECT_ROOT) -> str:
+    """Claim 8 in words from the ledger's rows: the pooled share of facts whose extraction
+    stops with the subject blocked, against the paper's non-subject set, then the same per
+    extracting layer where the ledger splits it (a pooled share can hide two mechanisms)."""
+    long = _ledger(root)
+    main = _row(long, model, "8", "facts whose extraction stops, last -> subject blocked (renormalised)")
+    if main is None:
+        return f"On {model} claim 8 is not measured."
+    other = _row(long, model, "8", "facts whose extraction stops, last -> non-subject blocked (the paper's set")
+    text = (f"Blocking the last position from the subject at the extracting layer stops extraction in "
+            f"{main.value:.0%} [{main.ci_low:.0%}, {main.ci_high:.0%}] of the {main.n} facts with an event (claim 8 "
+            f"**{main.verdict}**: \"most\" needs the interval above one half)")
+    if other is not None:
+        text += (f", and blocking it from the paper's non-subject set (which holds the last position) stops "
+                 f"{other.value:.0%} [{other.ci_low:.0%}, {other.ci_high:.0%}]")
+    layers = long[(long.model == model) & (long.claim == "8")
+                  & long.measure.fillna("").str.match(r"events whose extraction stops, last -> subject blocked, at layer")]
+    if len(layers):
+        each = []
+        for row in layers.itertuples():
+            layer = row.measure.rsplit(" ", 1)[1]
+            ns = _row(long, model, "8", f"events whose extraction stops, last -> non-subject blocked, at layer {layer}")
+            each.append(f"at layer {layer} ({row.n} events) blocking the subject stops {row.value:.0%} "
+                        f"[{row.ci_low:.0%}, {row.ci_high:.0%}] of them" + (f" (the non-subject set: {ns.value:.0%})"
+                                                                           if ns is not None else ""))
+        text += ". Split by extracting layer, the pooled share mixes mechanisms: " + "; ".join(each)
+    return text + "."
 
 
 TEMPLATE = """\
@@ -150,7 +232,9 @@ non-subject set and moves its peak to layer {g.official_relation.layer}.
 **Subject enrichment (§4, notebook 02).** With the offline attribute proxy (below; it covers {g.rated} of the
 {g.known} facts), the attributes rate at the last subject token rises in the upper layers to {g.ar_peak:.1f}% at
 layer {g.ar_peak_layer} (another subject's attribute set: {g.ar_control:.1f}%), but the last input position is
-higher ({g.ar_last:.1f}%), unlike the paper's GPT-2 XL. With the official code's knockouts, removing MLP windows
+higher ({g.ar_last:.1f}%), and the static embedding of the subject's last token already scores {g.baseline:.1f}%: in
+the early-to-middle layers the rate stays below that baseline (band peak {g.band_peak:.1f}%), so claim 5
+{g.claim5}, unlike the paper's GPT-2 XL. With the official code's knockouts, removing MLP windows
 that start at layers {g.official.first}–{g.official.last} drops the rate at the output of layer {g.repr_layer} from
 {g.official.none:.1f}% to {g.official.mlp:.1f}% while attention windows leave it near {g.official.attn:.0f}% — the
 paper's pattern; with attention updates zeroed instead, early attention windows lower it too
@@ -163,10 +247,9 @@ enrichment is visible with this proxy.
 {g.mlp_paper:.0%}), {g.attn_top_share:.0%} of attention's events in layer {g.attn_top_layer} of {g.n_layers}.
 Patching the embeddings back into the subject positions cuts extraction from {g.attn:.2f} to {g.patched:.2f}. One
 head (layer {g.head_layer}, head {g.head}) carries {g.head_share:.0%} of the events, and its W_V W_O maps subject
-tokens to their attribute (e.g. "{g.example_subject}" → "{g.example_attribute}") far above chance. Unlike in the
-paper, blocking the last position from the subject at the extracting layer leaves {g.still:.0%} of the facts still
-extracting; counted as the official code counts (edges blocked at each layer in turn, an event at any layer, over
-all facts), the share falls only from {g.any_none:.0%} to {g.any_subject:.0%}.
+tokens to their attribute (e.g. "{g.example_subject}" → "{g.example_attribute}") far above chance. {g.blocking}
+Counted as the official code counts (edges blocked at each layer in turn, an event at any layer, over all facts),
+the share falls only from {g.any_none:.0%} to {g.any_subject:.0%}.
 
 **The claims ledger (notebook 04).** Each claim of the paper, recomputed from the raw tables of each model, with a
 95% bootstrap interval over facts and a verdict from a rule fixed before any number
@@ -193,11 +276,20 @@ def render(root: Path = PROJECT_ROOT) -> str:
     return "\n\n".join(_wrap(block) for block in text.strip().split("\n\n")) + "\n"
 
 
-def updated(readme: str, root: Path = PROJECT_ROOT, section: str | None = None) -> str:
-    """``readme`` with the text between the markers replaced by ``section`` (default: :func:`render`)."""
-    head, rest = readme.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{BEGIN}\n{render(root) if section is None else section}{END}{tail}"
+def _between(text: str, begin: str, end: str, new: str) -> str:
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{new}{end}{tail}"
+
+
+def updated(readme: str, root: Path = PROJECT_ROOT, section: str | None = None, top: str | None = None) -> str:
+    """``readme`` with the text between the findings markers replaced by ``section`` (default:
+    :func:`render`) and, where the README has them, between the summary markers by ``top``
+    (default: :func:`summary`)."""
+    text = _between(readme, BEGIN, END, render(root) if section is None else section)
+    if SUMMARY_BEGIN in text:
+        text = _between(text, SUMMARY_BEGIN, SUMMARY_END, summary(root) if top is None else top)
+    return text
 
 
 def main(argv=None) -> int:

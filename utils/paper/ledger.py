@@ -1,10 +1,12 @@
 """The paper's claims, model by model: the claims ledger of notebook 04.
 
-Each section notebook ends with verdicts for its own model. The ledger puts the paper's
-claims side by side for every model that has results: per claim and model, the measured
-effect, a 95% bootstrap confidence interval over facts, the number of facts, and a verdict
-(holds / partly / does not hold / not measured) from a rule written down in
-:mod:`utils.paper.rules` before any number is computed, and the same for every model.
+The ledger puts the paper's claims side by side for every model that has results: per claim
+and model, the measured effect with its unit, a 95% bootstrap confidence interval over facts,
+the number of facts, and a verdict (holds / partly / does not hold / not measured) from a rule
+written down in :mod:`utils.paper.rules` before any number is computed, and the same for every
+model. It is the only place a claim is judged: each section notebook ends by printing this
+module's rows for its own claims and model (:func:`section_report`), so a reader of 03 and a
+reader of 04 get the same answer.
 
 Why it is built this way:
 
