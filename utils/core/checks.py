@@ -118,7 +118,11 @@ def measure(lm) -> tuple[dict[str, float], dict[str, str]]:
 
     def capture():
         full = Capture(resid=True, attn=True, mlp=True, heads=True, attn_weights=True, values=True)
-        state["clean"] = run(lm, ids, capture=full)
+        try:
+            state["clean"] = run(lm, ids, capture=full)
+        except Exception as err:  # reading probabilities and values is the knockouts' business: blame them there
+            state["clean"] = run(lm, ids, capture=Capture(resid=True, attn=True, mlp=True, heads=True))
+            state["read_error"] = f"reading attention probabilities and values failed: {type(err).__name__}: {err}"
         state["acts"] = {k: v[0] for k, v in state["clean"].acts.items()}
 
     attempt("decomposition", lambda: (capture(), _decomposition(lm, state["acts"]))[1])
@@ -128,6 +132,8 @@ def measure(lm) -> tuple[dict[str, float], dict[str, str]]:
         return errors, problems
     attempt("heads", lambda: _heads(lm, state["acts"]))
     try:
+        if "read_error" in state:
+            raise RuntimeError(state["read_error"])
         _intervened(lm, ids, state)
     except Exception as err:
         state["hit_error"] = f"{type(err).__name__}: {err}"
@@ -169,6 +175,8 @@ def _stock_logits(lm, ids) -> torch.Tensor:
 def _uniform(lm, ids, state) -> float:
     """The official attention knockout at the middle layer against uniform weights over the
     keys the last query attends to in the clean pass, times the captured values."""
+    if "read_error" in state:
+        raise RuntimeError(state["read_error"])
     a, layer, last = state["acts"], state["layer"], state["last"]
     visible = (a["attn_weights"][layer][:, last].float() > 0).float()  # (H, n): the mask, sliding windows included
     expected = update_from_weights(lm, layer, visible / visible.sum(-1, keepdim=True), a["values"][layer])
