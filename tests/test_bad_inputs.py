@@ -91,3 +91,34 @@ def test_a_model_path_with_a_space_reaches_every_command_whole():
     words = shlex.split(notebook_line.strip().rstrip("\\ ;"))
     assert words[words.index("model") + 1] == "/tmp/my model"
     assert 'mkdir -p "executed/my model"' in out or '/executed/my model"' in out
+
+
+def _read_only(monkeypatch):
+    """What a read-only results folder does to every write (root, running these tests, could still
+    write through chmod, so the refusal is made where the files are written)."""
+    import errno
+
+    from utils.runs import results
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(results, "write_atomically", refuse)
+    monkeypatch.setattr(results, "open_journal", refuse)
+
+
+def test_a_read_only_results_folder_whose_facts_are_all_journaled(monkeypatch):
+    from test_runs import Described
+
+    from utils.runs import results
+
+    lm = Described("ro-model")
+    rows = lambda it: [{"known_id": it["known_id"], "v": it["known_id"] * 2}]  # noqa: E731
+    items = [{"known_id": i} for i in range(3)]
+    first = results.sweep("demo", lm, {}, items, rows, progress=False)
+    _read_only(monkeypatch)
+    again = results.sweep("demo", lm, {}, items, lambda it: pytest.fail("computed again"), progress=False)
+    assert again.equals(first)
+    # a table that is not the one on disk cannot be written there: said, naming the folder
+    with pytest.raises(PermissionError, match=r"results folder \S*ro-model cannot be written \(Permission denied\), and its demo.csv is not this sweep.s table.*DISSECT_OUTPUT_ROOT"):
+        results.sweep("demo", lm, {}, items[:2], lambda it: pytest.fail("computed again"), progress=False)
