@@ -12,7 +12,8 @@ DATASET ?= known_1000
 # LOCK=1 (default) installs the exact versions in requirements.lock (those that produced the
 # committed results); LOCK=0 floats every package but torch to its newest release.
 LOCK    ?= 1
-SLUG     = $(notdir $(patsubst %/,%,$(MODEL)))
+# the folder's last part, spaces kept (a MODEL path with a space is quoted in every command)
+SLUG     = $(shell basename -- '$(patsubst %/,%,$(MODEL))')
 # DISSECT_OUTPUT_ROOT roots the executed notebooks, figures and results (default: this folder, whose
 # committed outputs a run then replaces). Made absolute, since papermill runs the notebooks in notebooks/.
 ifneq ($(strip $(DISSECT_OUTPUT_ROOT)),)
@@ -89,12 +90,12 @@ book: book-venv
 
 reproduce: venv
 	@case "$(N_FACTS)" in ''|*[!0-9]*) echo "N_FACTS must be a non-negative integer (0 = all facts), not '$(N_FACTS)'"; exit 2;; esac
-	$(BIN)/python -m utils.core.sources prepare $(MODEL) --device $(DEVICE) --dtype $(DTYPE)
-	mkdir -p $(OUT)executed/$(SLUG)
+	$(BIN)/python -m utils.core.sources prepare "$(MODEL)" --device $(DEVICE) --dtype $(DTYPE)
+	mkdir -p "$(OUT)executed/$(SLUG)"
 	set -e; for nb in $(NOTEBOOKS); do \
 	  echo "== $$nb ($(MODEL))"; \
-	  $(PAPERMILL) $$nb $(OUT)executed/$(SLUG)/$$(basename $$nb) \
-	    -p model $(MODEL) -p n_facts $(N_FACTS) -p dataset $(DATASET) -p device $(DEVICE) -p dtype $(DTYPE); \
+	  $(PAPERMILL) $$nb "$(OUT)executed/$(SLUG)/$$(basename $$nb)" \
+	    -p model "$(MODEL)" -p n_facts $(N_FACTS) -p dataset $(DATASET) -p device $(DEVICE) -p dtype $(DTYPE); \
 	done
 	@echo "executed notebooks: $(OUT)executed/$(SLUG)/  figures: $(OUT)figures/$(SLUG)/  results: $(OUT)results/$(SLUG)/"
 
@@ -131,4 +132,4 @@ references: venv
 	done
 
 clean-outputs:
-	rm -rf $(OUT)executed/$(SLUG) $(OUT)results/$(SLUG) $(OUT)figures/$(SLUG)
+	rm -rf "$(OUT)executed/$(SLUG)" "$(OUT)results/$(SLUG)" "$(OUT)figures/$(SLUG)"

@@ -188,3 +188,113 @@ def test_contributing_table_of_families_says_what_the_code_does():
         assert row[3] == got["cached prefix"], arch
         assert row[4].startswith(got["uniform attention knockout"]), arch
         assert row[5].startswith(got["official MLP knockout"]), arch
+
+
+# --------------------------------------------------------------------------------------
+# Every field of an entry, broken on purpose, fails the check with a message naming it (issue 21)
+
+
+def _more(arch: str, **fields):
+    from tiny_models import tiny_more_hf_model
+
+    lm = wrap_model(tiny_more_hf_model(arch), tokenizer=None, name=f"tiny-{arch}", check=False)
+    lm.arch = dataclasses.replace(lm.arch, **fields)
+    return lm
+
+
+def _grouped_falcon():
+    """Falcon's new decoder layout with two key-value heads: its [q q | k | v] groups and the
+    concat layout [q q q q | k k | v v] have the same width, so only the check tells them apart."""
+    import transformers
+    from tiny_models import COMMON
+
+    config = transformers.FalconConfig(num_hidden_layers=3, hidden_size=48, num_attention_heads=4,
+                                       max_position_embeddings=64, new_decoder_architecture=True, num_kv_heads=2,
+                                       **COMMON)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+    return wrap_model(model.requires_grad_(False), tokenizer=None, name="tiny-falcon-grouped", check=False)
+
+
+def _build(arch, fields, perturb):
+    if arch == "qwen2_moe":
+        lm = _more(arch)
+    elif arch == "falcon_grouped":
+        lm = _grouped_falcon()
+    else:
+        lm = broken(arch)
+    if perturb:  # random init leaves biases 0 and norms 1, where a wrong module can compute the same thing
+        g = torch.Generator().manual_seed(3)
+        for param in lm.model.parameters():
+            if param.ndim == 1:
+                param.add_(0.3 * torch.randn(param.shape, generator=g))
+    assert checks.check_model(lm, raise_on_failure=False)["status"] == "passed"  # the right entry passes
+    lm.arch = dataclasses.replace(lm.arch, **fields)
+    return lm
+
+
+BROKEN = [  # (family, wrong entry, invariant that catches it, field the message must name, perturb biases/norms)
+    ("llama", dict(attn_update="self_attn.q_proj"), "decomposition", "attn_update", False),
+    ("llama", dict(mlp_update="mlp.up_proj"), "decomposition", "mlp_update", False),
+    ("llama", dict(attn_out="self_attn.q_proj"), "heads", "attn_out", False),
+    ("gemma3_text", dict(attn_post_norm=None), "heads", "attn_post_norm", False),
+    ("llama", dict(attention="mlp"), "block", "attention", False),
+    ("bloom", dict(value="self_attention.dense"), "block", "value", False),
+    ("falcon_grouped", dict(qkv_layout="concat"), "uniform", "qkv_layout", False),
+    ("falcon", dict(query="self_attention.dense"), "uniform", "query", False),
+    ("gpt2", dict(mlp_out="mlp.c_fc"), "mlp_official", "mlp_out", True),
+    ("qwen2_moe", dict(mlp_out="mlp.shared_expert.down_proj"), "mlp_official", "mlp_out", False),
+    ("llama", dict(final_norm="model.layers.0.input_layernorm"), "final_norm", "final_norm", True),
+    ("gemma3_text", dict(final_norm="model.layers.1.post_feedforward_layernorm"), "final_norm", "final_norm", True),
+]
+
+
+@pytest.mark.parametrize("arch,fields,invariant,field,perturb", BROKEN, ids=[f"{b[0]}-{b[3]}" for b in BROKEN])
+def test_a_broken_entry_fails_the_check_naming_its_field(arch, fields, invariant, field, perturb):
+    lm = _build(arch, fields, perturb)
+    report = checks.check_model(lm, raise_on_failure=False)
+    assert invariant in report["failed"], report
+    with pytest.raises(checks.ModelCheckError) as err:
+        checks.check_model(lm)
+    named = str(err.value).split("Registry field(s) to look at:")[1].split("All errors")[0]
+    assert field in named, str(err.value)
+
+
+def test_the_uniform_invariant_catches_a_knockout_that_does_nothing(monkeypatch):
+    """Item 1's bug, put back: the queries zeroed in place on what is, for Falcon's grouped layout
+    with two key-value heads, a copy. The check now fails at load."""
+    import transformers
+
+    from tiny_models import COMMON
+
+    from utils.core import attention
+
+    def in_place_on_a_copy(x, layout, uniform, n_heads, n_kv, head_dim):
+        q = attention.split_qkv(x, layout, "q", n_heads, n_kv, head_dim)
+        q.mul_((~uniform)[..., None, None].to(x.dtype))
+        return x
+
+    config = transformers.FalconConfig(num_hidden_layers=3, hidden_size=48, num_attention_heads=4,
+                                       max_position_embeddings=64, new_decoder_architecture=True, num_kv_heads=2,
+                                       **COMMON)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+    lm = wrap_model(model.requires_grad_(False), tokenizer=None, name="tiny-falcon-grouped")
+    assert lm.check["status"] == "passed" and lm.check["errors"]["uniform"] < 1e-4
+    monkeypatch.setattr(attention, "_zero_queries", in_place_on_a_copy)
+    report = checks.check_model(lm, raise_on_failure=False)
+    assert report["failed"] == ["uniform"] and report["errors"]["uniform"] > 1e-2, report
+
+
+def test_the_official_mlp_invariant_catches_a_knockout_that_does_nothing(monkeypatch):
+    from utils.core import interventions
+
+    lm = broken("llama")
+    install = interventions.ZeroSublayer.install
+
+    def dropping_official_mlp(lm, hooks, rows, n):
+        return install(lm, hooks, [[iv for iv in row if not (iv.sublayer == "mlp" and iv.variant == "official")]
+                                   for row in rows], n)
+
+    monkeypatch.setattr(interventions.ZeroSublayer, "install", staticmethod(dropping_official_mlp))
+    assert "mlp_official" in failed(lm)

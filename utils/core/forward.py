@@ -152,6 +152,22 @@ def _output(lm, out, rows: int, final: Read | None, captured: Captured | None = 
                      {layer: read.value for layer, read in captured.calls.items()})
 
 
+def max_positions(lm) -> int | None:
+    """How many positions the model has (``max_position_embeddings`` / ``n_positions``), if it says."""
+    config = lm.text_config
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+
+
+def check_length(lm, n: int, what: str = "prompt") -> None:
+    """A prompt longer than the model's positions, said as such (learned position embeddings
+    otherwise fail with "IndexError: index out of range in self"; rotary ones go on silently
+    outside what the model was trained on)."""
+    limit = max_positions(lm)
+    if limit is not None and n > limit:
+        raise ValueError(f"The {what} has {n} tokens, more than the {limit} positions of {lm.name} "
+                         f"(config.max_position_embeddings): shorten it or use a model with more positions.")
+
+
 @torch.no_grad()
 def run(
     lm,
@@ -171,6 +187,7 @@ def run(
     ids = torch.as_tensor(input_ids, dtype=torch.long)
     if ids.ndim == 1:
         ids = ids[None]
+    check_length(lm, ids.shape[1])
     rows = [[]] * ids.shape[0] if rows is None else [list(r) for r in rows]
     if ids.shape[0] not in (1, len(rows)):
         raise ValueError(f"{ids.shape[0]} prompts for {len(rows)} rows of interventions")
@@ -208,6 +225,7 @@ def clean_prefix(lm, input_ids: Tensor | Sequence[int]) -> Prefix | Tensor:
     """Run every position but the last once, keeping their keys and values (for models
     whose attention access path supports a cached prefix; otherwise the prompt itself)."""
     ids = torch.as_tensor(input_ids, dtype=torch.long).reshape(1, -1)
+    check_length(lm, ids.shape[1])
     if not lm.attention_access.prefix_cache:
         return ids
     if ids.shape[1] < 2:
@@ -312,5 +330,5 @@ def attention_update_again(lm, call: tuple, layer: int, hidden: Tensor) -> Tenso
     return found.value[:, -1].float()
 
 
-__all__ = ["Capture", "Captured", "Prefix", "RunOutput", "attention_update_again", "clean_prefix", "hidden_after",
-           "run", "run_last_position"]
+__all__ = ["Capture", "Captured", "Prefix", "RunOutput", "attention_update_again", "check_length", "clean_prefix",
+           "hidden_after", "max_positions", "run", "run_last_position"]

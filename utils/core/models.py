@@ -22,7 +22,7 @@ from .checks import check_model, summary
 from .devices import execution_device, fits_one_gpu, is_offloaded, resolve_device, resolve_dtype
 from .identity import state_dict_identity, weights_identity
 from .registry import ArchSpec, arch_spec
-from .sources import EMBEDDED_MODELS, HUB_ALIASES, convert_embedded, hub_id
+from .sources import EMBEDDED_MODELS, HUB_ALIASES, check_folder, convert_embedded, hub_id
 
 
 @dataclass
@@ -220,6 +220,9 @@ def load_model(
     torch_dtype = resolve_dtype(dtype)
     embedded = EMBEDDED_MODELS.get(name)
     source = str(convert_embedded(name)) if embedded else hub_id(name)
+    if not embedded:
+        folder = check_folder(source)  # a missing folder, no tokenizer, a truncated file: said now, by name
+        source = str(folder) if folder is not None else source
 
     try:
         config = transformers.AutoConfig.from_pretrained(source)

@@ -169,6 +169,68 @@ def _snapshot_download(repo: str, patterns) -> Path:
             f"The embedded models ({', '.join(EMBEDDED_MODELS)}) need no network.") from err
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tiktoken.model", "spiece.model")
+"""A folder holding any of these has a tokenizer (tokenizer_config.json alone does not: it names one)."""
+
+
+def looks_like_path(name: str) -> bool:
+    """A name the user meant as a folder: it starts like a path, or names more than one
+    folder level (a hub id is ``org/name``, one slash)."""
+    return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or "\\" in name or Path(name).exists()
+
+
+def check_folder(name: str) -> Path | None:
+    """For a local model folder: the folder, after checking what fails late or with a misleading
+    message otherwise (a missing folder read as a hub id of the wrong form, no tokenizer read as
+    "you need sentencepiece", a truncated safetensors file as "incomplete metadata" with no file
+    named). ``None`` for a hub id. Cheap: reads each safetensors header, not the weights."""
+    if not looks_like_path(name):
+        return None
+    path = Path(name).expanduser()
+    if not path.exists():
+        parent = next((p for p in path.parents if p.exists()), None)
+        raise FileNotFoundError(
+            f"Model folder {str(path)!r} does not exist (the nearest folder that does is {str(parent)!r}). "
+            "Check the path; a hub id has the form 'org/name'.")
+    if not path.is_dir():
+        raise NotADirectoryError(f"{str(path)!r} is a file; give the folder holding config.json and the weights")
+    if not any((path / f).exists() for f in TOKENIZER_FILES):
+        raise FileNotFoundError(
+            f"Model folder {str(path)!r} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}). Save the "
+            "tokenizer next to the weights (tokenizer.save_pretrained(folder)), e.g. the one of the model it was "
+            "fine-tuned from.")
+    for file in sorted(path.glob("*.safetensors")):
+        _check_safetensors(file)
+    return path
+
+
+def _check_safetensors(file: Path) -> None:
+    """A safetensors file is complete: its header parses and its tensors end where the file does."""
+    import json
+    import struct
+
+    size = file.stat().st_size
+    problem = None
+    with open(file, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            problem = f"{size} bytes, shorter than the 8-byte header length"
+        else:
+            (n,) = struct.unpack("<Q", head)
+            if 8 + n > size:
+                problem = f"its header says {n} bytes of metadata but the file has {size} bytes"
+            else:
+                try:
+                    header = json.loads(f.read(n))
+                    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+                except (ValueError, KeyError, TypeError) as err:
+                    header, end, problem = None, 0, f"its header does not parse ({err})"
+                if problem is None and 8 + n + end > size:
+                    problem = f"its tensors need {8 + n + end} bytes but the file has {size}"
+    if problem:
+        raise ValueError(f"Weights file {str(file)!r} is truncated or corrupt: {problem}. Download or copy it again.")
+
+
 def prepare(name: str, device: str | None = "auto", dtype="float32") -> Path:
     """Get a model's files ready before a run, without loading it: an embedded model is
     converted once (small, on the CPU); a hub model is only downloaded (its config,
@@ -178,8 +240,8 @@ def prepare(name: str, device: str | None = "auto", dtype="float32") -> Path:
     torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
     if name in EMBEDDED_MODELS:
         path = convert_embedded(name)
-    elif Path(name).is_dir():
-        path = Path(name)
+    elif check_folder(name) is not None:
+        path = check_folder(name)
     else:
         path = _snapshot_download(hub_id(name), HUB_FILES)
         if not any(path.glob("*.safetensors")):
@@ -212,7 +274,7 @@ def main(argv=None) -> None:
 
 
 
-__all__ = ["EMBEDDED_MODELS", "EmbeddedModel", "HUB_ALIASES", "convert_embedded", "embedded_gguf_path", "hub_id",
+__all__ = ["EMBEDDED_MODELS", "EmbeddedModel", "HUB_ALIASES", "check_folder", "convert_embedded", "embedded_gguf_path", "hub_id",
            "prepare"]
 
 

@@ -12,13 +12,14 @@ import hashlib
 import json
 import os
 import urllib.request
+import warnings
 from pathlib import Path
 from typing import NotRequired, TypedDict
 
 import pandas as pd
 import torch
 
-from ..core.forward import run
+from ..core.forward import check_length, run
 from ..core.identity import sha256_of_file
 from ..core.projection import decode_ids
 from ..paths import PROJECT_ROOT, cache_dir
@@ -242,14 +243,18 @@ def tokenize_facts(lm, facts: pd.DataFrame, prepend_sink: bool | None = None) ->
     Returns ``(prepared, skipped)``: facts whose subject cannot be located are not
     dropped silently but listed in ``skipped`` with the reason.
     """
-    kept, skipped = [], []
+    kept, skipped, repeated = [], [], []
     for fact in facts.to_dict("records"):
         ids, spans = lm.encode(fact["prompt"], prepend_sink=prepend_sink, offsets=True)
+        check_length(lm, len(ids), f"prompt of fact {fact.get('known_id', '?')} ({fact['prompt'][:60]!r})")
         try:
             positions = subject_positions(spans, fact["prompt"], fact["subject"])
         except SubjectNotFound as err:
             skipped.append({**fact, "reason": str(err)})
             continue
+        if fact["prompt"].count(fact["subject"]) > 1:
+            repeated.append((fact.get("known_id", "?"), fact["subject"], fact["prompt"].count(fact["subject"]),
+                             positions))
         n = len(ids)
         sink = lm.sink_token_id is not None and ids[0] == lm.sink_token_id
         kept.append({
@@ -263,6 +268,13 @@ def tokenize_facts(lm, facts: pd.DataFrame, prepend_sink: bool | None = None) ->
             "subject_at_zero": positions[0] == 0,
             "attribute_token": attribute_first_token(lm, ids, fact["prompt"], fact["attribute"]),
         })
+    if repeated:
+        known_id, subject, count, positions = repeated[0]
+        warnings.warn(
+            f"{len(repeated)} of {len(facts)} facts mention their subject more than once (e.g. fact {known_id}: "
+            f"{subject!r} {count} times). Only the first mention's tokens count as subject positions (there "
+            f"{positions}); the later mentions count as non-subject positions, as in the official code. "
+            f"Facts: {[r[0] for r in repeated][:20]}", stacklevel=2)
     columns = list(facts.columns) + ["reason"]
     return pd.DataFrame(kept), pd.DataFrame(skipped, columns=columns)
 

@@ -22,7 +22,10 @@ holds a lock on its journal while it runs.
 
 from __future__ import annotations
 
+import contextlib
+
 import datetime as _dt
+import errno
 import hashlib
 import io
 import json
@@ -320,7 +323,8 @@ def sweep(
         seen[item[id_field]] = i
     key = _key(lm, name, params)
     journal = results_dir(lm) / ".journal" / f"{name}-{key}.jsonl"
-    journal.parent.mkdir(exist_ok=True)
+    with contextlib.suppress(OSError):  # a read-only folder: a journal that is there is still read
+        journal.parent.mkdir(exist_ok=True)
     with run_lock(journal, f"the {name} sweep of {lm.name}"):
         return _sweep(name, lm, params, items, compute, id_field, progress, key, journal)
 
@@ -340,16 +344,34 @@ def _sweep(name, lm, params, items, compute, id_field, progress, key, journal) -
     todo = [it for it in items if it[id_field] not in done]
     resumed = len(items) - len(todo)
     note = f" ({resumed} more from an earlier run)" if resumed else ""
-    with open_journal(journal, fresh=not reusable) as log:  # entries of other items stay for later runs
-        for item in progress_line(todo, name, note=note, enabled=progress):
-            rows = compute(item)
-            done[item[id_field]] = rows
-            log.write(json.dumps({"id": item[id_field], "digest": digests[item[id_field]], "rows": rows},
-                                 default=_to_builtin) + "\n")  # one write per entry: a kill cuts at most this line
-            log.flush()
+    if todo:  # all journaled: nothing to append (and a read-only folder is never opened for writing)
+        with open_journal(journal, fresh=not reusable) as log:  # entries of other items stay for later runs
+            for item in progress_line(todo, name, note=note, enabled=progress):
+                rows = compute(item)
+                done[item[id_field]] = rows
+                log.write(json.dumps({"id": item[id_field], "digest": digests[item[id_field]], "rows": rows},
+                                     default=_to_builtin) + "\n")  # one write per entry: a kill cuts at most this line
+                log.flush()
     table = pd.DataFrame([row for it in items for row in done[it[id_field]]])
-    save_table(table, name, lm, params, key)
+    try:
+        save_table(table, name, lm, params, key)
+    except OSError as err:  # a read-only results folder: fine if the table there is this one already
+        if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        if not _is_saved(table, name, lm, key):
+            raise PermissionError(
+                f"The results folder {results_dir(lm)} cannot be written ({err.strerror or err}), and its {name}.csv "
+                "is not this sweep's table: make the folder writable, or set DISSECT_OUTPUT_ROOT to a folder "
+                "that is.") from err
     return table
+
+
+def _is_saved(table: pd.DataFrame, name: str, lm, key: str) -> bool:
+    """Whether ``results/<model>/<name>.csv`` is already ``table`` under ``key`` (same digest)."""
+    meta = load_meta(name, lm.name)
+    encoded, _ = _jsonable(table)
+    return bool(meta) and meta.get("key") == key and meta.get("csv_sha256") == csv_digest(
+        encoded.to_csv(index=False).encode())
 
 
 def display_path(path) -> str:
