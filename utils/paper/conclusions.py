@@ -167,8 +167,8 @@ def _header(model: str, n: int, what: str, source: str) -> str:
     return f"**{model_slug(model)}**: {n} {what}; {source}."
 
 
-def _small(model: str, n: int, what: str, long: pd.DataFrame | None, claims) -> str:
-    text = (f"{_header(model, n, what, 'see the parameters above')}\n\nThis is a **small run** ({n} < {SMALL_RUN} "
+def _small(model: str, n: int, what: str, source: str, long: pd.DataFrame | None, claims) -> str:
+    text = (f"{_header(model, n, what, source)}\n\nThis is a **small run** ({n} < {SMALL_RUN} "
             f"facts): the numbers above describe these facts only, and no comparison with the paper is made.")
     if long is not None:
         words = ", ".join(f"claim {c}: {verdict(long, c)}" for c in claims)
@@ -251,7 +251,7 @@ def conclusion_01(model: str, root=None, long: pd.DataFrame | None = None) -> st
     n = int(flow.known_id.nunique())
     source = f"{_dataset_text(params)}; knockout window k = {params.get('k')} layers; the target is the model's own prediction"
     if n < SMALL_RUN:
-        return _small(model, n, "known facts", long, ("1", "2", "3", "4"))
+        return _small(model, n, "known facts", source, long, ("1", "2", "3", "4"))
     lines = [_header(model, n, "known facts", source), ""]
     for claim, src, name in (("1", "non-subject", "relation (non-subject) → last"), ("2", "subject", "subject → last")):
         s = rows.loc[("all", src)]
@@ -326,7 +326,7 @@ def conclusion_02(model: str, root=None, long: pd.DataFrame | None = None) -> st
               f"{params.get('kept')} kept), {params.get('projection')} projection; {_dataset_text(params)}")
     what = f"facts with an attribute set (of {known} known)"
     if n < SMALL_RUN:
-        return _small(model, n, what, long, ("5", "5b", "6", "6b"))
+        return _small(model, n, what, source, long, ("5", "5b", "6", "6b"))
     lines = [_header(model, n, what, source), ""]
     curve = rated[(rated.position == "subject last") & (rated.layer >= 0)].groupby("layer").attributes_rate.mean()
     base = rated[rated.layer < 0].groupby("known_id").attributes_rate.mean()
@@ -449,7 +449,7 @@ def conclusion_03(model: str, root=None, long: pd.DataFrame | None = None) -> st
     n = int(layers.known_id.nunique())
     source = f"{_dataset_text(params)}; the attribute is the model's own prediction; {projection} projection"
     if n < SMALL_RUN:
-        return _small(model, n, "known facts", long, ("7", "8", "9", "10", "11"))
+        return _small(model, n, "known facts", source, long, ("7", "8", "9", "10", "11"))
     lines = [_header(model, n, "known facts", source), ""]
     by_layer = extraction_by_layer(layers, projection)
     if by_layer.empty:
