@@ -28,6 +28,13 @@ from .rules import BANDS, CLAIM_TEXT, MIN_FACTS, N_BOOT, SEED, TABLES, depth
 SMALL_RUN = 50
 """Fewer facts than this: a small run, described but not compared with the paper."""
 
+ABOUT_ZERO = 0.1
+"""A mean attributes rate below this share of the curve's peak is described as "about 0"
+(a description of the curve's shape, not a rule: no verdict depends on it)."""
+DOMINANT = 0.1
+"""An extracting layer is described on its own when it carries at least this share of the
+events (the issue's "a layer that carries >= 10% of the events")."""
+
 STEPS = {"§3 information flow": ("1", "2", "3", "4"), "§4 subject enrichment": ("5", "5b", "6", "6b"),
          "§5 attribute extraction": ("7", "8", "9", "10", "11")}
 """The paper's steps and the ledger's claims that test each (5b is this project's control)."""
@@ -167,8 +174,8 @@ def _header(model: str, n: int, what: str, source: str) -> str:
     return f"**{model_slug(model)}**: {n} {what}; {source}."
 
 
-def _small(model: str, n: int, what: str, long: pd.DataFrame | None, claims) -> str:
-    text = (f"{_header(model, n, what, 'see the parameters above')}\n\nThis is a **small run** ({n} < {SMALL_RUN} "
+def _small(model: str, n: int, what: str, source: str, long: pd.DataFrame | None, claims) -> str:
+    text = (f"{_header(model, n, what, source)}\n\nThis is a **small run** ({n} < {SMALL_RUN} "
             f"facts): the numbers above describe these facts only, and no comparison with the paper is made.")
     if long is not None:
         words = ", ".join(f"claim {c}: {verdict(long, c)}" for c in claims)
@@ -249,11 +256,13 @@ def conclusion_01(model: str, root=None, long: pd.DataFrame | None = None) -> st
     sink = summary.sink.iloc[0] if "prepend" not in set(summary.sink) else "prepend"
     rows = summary[summary.sink == sink].set_index(["facts_group", "source"])
     n = int(flow.known_id.nunique())
-    source = f"{_dataset_text(params)}; knockout window k = {params.get('k')} layers; the target is the model's own prediction"
+    source = (f"{_dataset_text(params)}; knockout window k = {params.get('k')} layers; the target is the model's own "
+              "prediction")
     if n < SMALL_RUN:
-        return _small(model, n, "known facts", long, ("1", "2", "3", "4"))
+        return _small(model, n, "known facts", source, long, ("1", "2", "3", "4"))
     lines = [_header(model, n, "known facts", source), ""]
-    for claim, src, name in (("1", "non-subject", "relation (non-subject) → last"), ("2", "subject", "subject → last")):
+    dips = (("1", "non-subject", "relation (non-subject) → last"), ("2", "subject", "subject → last"))
+    for claim, src, name in dips:
         s = rows.loc[("all", src)]
         change = _row(long, claim, "change")
         where = (f"{_with_ci(change.value, change.ci_low, change.ci_high, '%')} (ledger)" if change is not None
@@ -326,7 +335,7 @@ def conclusion_02(model: str, root=None, long: pd.DataFrame | None = None) -> st
               f"{params.get('kept')} kept), {params.get('projection')} projection; {_dataset_text(params)}")
     what = f"facts with an attribute set (of {known} known)"
     if n < SMALL_RUN:
-        return _small(model, n, what, long, ("5", "5b", "6", "6b"))
+        return _small(model, n, what, source, long, ("5", "5b", "6", "6b"))
     lines = [_header(model, n, what, source), ""]
     curve = rated[(rated.position == "subject last") & (rated.layer >= 0)].groupby("layer").attributes_rate.mean()
     base = rated[rated.layer < 0].groupby("known_id").attributes_rate.mean()
@@ -340,17 +349,17 @@ def conclusion_02(model: str, root=None, long: pd.DataFrame | None = None) -> st
              f"({_layers_text(below)})" if len(below) else "at no layer")
     lines.append(f"- Baseline: the static-embedding rate ({_num(base_mean, '%')}) is above the last-subject-token rate "
                  f"{where}; the curve peaks at {_num(peak, '%')} at layer {peak_layer}{margin_text}.")
-    low = curve.index[curve < peak / 10]
+    low = curve.index[curve < peak * ABOUT_ZERO]
     flat = max(_runs(low), key=len) if len(low) else []
     half = _row(long, "5", "half")
-    first_half = curve[depth(curve.index, int(curve.index.max()) + 1) <= 0.5]
+    first_half = curve[depth(curve.index, int(curve.index.max()) + 1) <= BANDS["upper"][0]]
     rises = float(first_half.max()) > float(curve.iloc[0])
     shape = (f"an early rise: from {_num(curve.iloc[0], '%')} at layer 0 to {_num(first_half.max(), '%')} at layer "
              f"{int(first_half.idxmax())}" if rises else
              f"no early rise: the rate at layer 0 ({_num(curve.iloc[0], '%')}) is the highest of the first half")
     if len(flat) > 1:
-        shape += (f"; the rate is about 0 (below a tenth of its peak, at most {_num(curve[flat].max(), '%')}) at "
-                  f"{_layers_text(flat)}")
+        shape += (f"; the rate is about 0 (below {ABOUT_ZERO:.0%} of its peak, at most "
+                  f"{_num(curve[flat].max(), '%')}) at {_layers_text(flat)}")
     if half is not None:
         shape += f"; half of the rise is reached at depth {_with_ci(half.value, half.ci_low, half.ci_high)} (ledger)"
     lines.append(f"- Shape: {shape}.")
@@ -427,7 +436,8 @@ def extraction_by_layer(layers: pd.DataFrame, projection: str, variant: str = "r
                 value, lo, hi = _boot(s, lambda i: s[i].sum() / c[i].sum())
             else:
                 value = lo = hi = float("nan")
-            row[f"survive {condition}"], row[f"survive {condition} low"], row[f"survive {condition} high"] = value, lo, hi
+            row.update({f"survive {condition}": value, f"survive {condition} low": lo,
+                        f"survive {condition} high": hi})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -449,7 +459,7 @@ def conclusion_03(model: str, root=None, long: pd.DataFrame | None = None) -> st
     n = int(layers.known_id.nunique())
     source = f"{_dataset_text(params)}; the attribute is the model's own prediction; {projection} projection"
     if n < SMALL_RUN:
-        return _small(model, n, "known facts", long, ("7", "8", "9", "10", "11"))
+        return _small(model, n, "known facts", source, long, ("7", "8", "9", "10", "11"))
     lines = [_header(model, n, "known facts", source), ""]
     by_layer = extraction_by_layer(layers, projection)
     if by_layer.empty:
@@ -457,11 +467,12 @@ def conclusion_03(model: str, root=None, long: pd.DataFrame | None = None) -> st
     else:
         facts = layers[(layers.measure == "attn") & (layers.projection == projection)]
         n_fact = int(facts.groupby("known_id").value.max().sum())
-        dominant = by_layer[by_layer["share of events"] >= 0.1]
+        dominant = by_layer[by_layer["share of events"] >= DOMINANT]
         lines.append(f"- Extraction events: {int(by_layer.events.sum())} (attention updates at the last position that "
                      f"rank the prediction first) in {n_fact} facts, at {_layers_text(by_layer.layer)}; layers with at "
-                     f"least a tenth of the events: " + ", ".join(
-                         f"layer {r['layer']} ({r['events']}, {r['share of events']:.0%})" for r in dominant.to_dict("records")) + ".")
+                     f"least {DOMINANT:.0%} of the events: " + ", ".join(
+                         f"layer {r['layer']} ({r['events']}, {r['share of events']:.0%})"
+                         for r in dominant.to_dict("records")) + ".")
         for r in dominant.to_dict("records"):
             lines.append(f"- Layer {r['layer']} ({r['events']} events): with last → subject blocked "
                          f"{_pct(r, 'survive subject')} of "
@@ -504,5 +515,6 @@ def conclusion_04(long: pd.DataFrame) -> str:
     return "\n".join(lines) if lines else "No model has results."
 
 
-__all__ = ["SMALL_RUN", "STEPS", "claim_line", "conclusion_00", "conclusion_01", "conclusion_02", "conclusion_03",
-           "conclusion_04", "extraction_by_layer", "knockout_increase", "ledger_rows", "top_layer_increases", "verdict"]
+__all__ = ["ABOUT_ZERO", "DOMINANT", "SMALL_RUN", "STEPS", "claim_line", "conclusion_00", "conclusion_01",
+           "conclusion_02", "conclusion_03", "conclusion_04", "extraction_by_layer", "knockout_increase", "ledger_rows",
+           "top_layer_increases", "verdict"]
