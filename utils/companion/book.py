@@ -20,6 +20,7 @@ chapter links its own) and an instructors' section with the reference solutions.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import re
 import shutil
@@ -27,6 +28,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .. import setup as project_setup
 from ..paths import PROJECT_ROOT
 
 FINDINGS = "## What the notebooks find"
@@ -133,8 +135,6 @@ A head's W_V W_O map sends a token $x$ to $\operatorname{proj}(e_x W_V^{h} W_O^{
 def _mathjax_dir() -> Path:
     """MathJax 3 (3.2.2 in sphinx-mathjax-offline 0.0.2), whose distribution installs as the folder
     ``sphinx-mathjax-offline`` (a name with hyphens, so it is found, not imported)."""
-    import importlib.util
-
     spec = importlib.util.find_spec("sphinx-mathjax-offline")
     if spec is None or not spec.origin:
         raise ModuleNotFoundError('the book needs its extras: pip install -e ".[book]" (make book does it)')
@@ -254,6 +254,7 @@ def landing_page(source: Path, notebooks: list[Path], stage: Path) -> str:
     exercises = sorted((PROJECT_ROOT / "exercises").glob("[0-9][0-9]_*_exercises.ipynb"))
     ex_toc = "\n".join(f"exercises/{p.stem}" for p in exercises)
     findings = readme_section(readme, FINDINGS)
+    findings = re.sub(r" ?\([^()]*`make readme`[^()]*\)", "", findings)  # maintainers' notes, not for readers
     where = source.relative_to(PROJECT_ROOT) if source.is_relative_to(PROJECT_ROOT) else source
     return "\n\n".join([
         f"# {title}",
@@ -272,8 +273,6 @@ def landing_page(source: Path, notebooks: list[Path], stage: Path) -> str:
 def how_to_use_page() -> str:
     """Prerequisites, how the chapters are built, the glossary, the measures' formulas, and how to
     run a chapter yourself (Colab only once the repository's address is set)."""
-    from .. import setup as project_setup
-
     glossary = "\n\n".join(f"{term}\n: {text}" for term, text in GLOSSARY.items())
     if project_setup.published():
         colab = (f"Each notebook opens in Colab from {project_setup.repository_url()}: its first cell clones the "
