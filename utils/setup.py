@@ -111,10 +111,10 @@ def colab_block(root: Path = ROOT, url: str | None = None) -> str:
     how to set it (and no link at all: a badge to a repository that does not exist is a dead end)."""
     url = url or repository_url()
     if not published(url):
-        return (f"*Colab:* this copy's repository address is still the placeholder `{url}`, so there are no\n"
-                "Open-in-Colab links yet. To add them, set `REPOSITORY` in `utils/setup.py` to the repository's\n"
-                "GitHub address and run `python -m utils.setup sync`; a notebook opened in Colab before then says\n"
-                "what to do instead of failing on a clone.")
+        return (f"*Colab:* this copy's repository address is still the placeholder `{url}`,\n"
+                "so there are no Open-in-Colab links yet. To add them, set `REPOSITORY` in `utils/setup.py` to the\n"
+                "repository's GitHub address and run `python -m utils.setup sync`; a notebook opened in Colab before\n"
+                "then says what to do instead of failing on a clone.")
     rows = [f"| `{nb.parent.name}/{nb.stem}` | {colab_badge(nb.relative_to(root), url)} |" for nb in notebook_paths(root)]
     return "\n".join(["| notebook | Colab |", "|---|---|", *rows])
 

@@ -3,14 +3,24 @@
 ``python -m utils.companion.book --source executed/gemma-3-270m --out build/book`` (``make book``) stages a
 Sphinx project (myst-nb renders the notebooks with their outputs, never executing them;
 sphinx-book-theme, what jupyter-book 1.x packages) and builds it to ``<out>/html``. Everything the
-pages load is on disk: the theme's assets, and MathJax from the ``jupyter-server-mathjax`` package
+pages load is on disk: the theme's assets, and MathJax 3 from the ``sphinx-mathjax-offline`` package
 (with its own web fonts), so the build needs no network and the pages open offline.
 Needs the ``book`` extras (``pip install -e ".[book]"``).
+
+It is staged as a course book, the way readers of d2l or the ARENA pages expect one: while the
+notebooks are copied into the source (the committed notebooks are never changed) the setup, the
+parameters and papermill's injected parameters are tagged ``remove-cell``, the code that draws a
+figure ``hide-input`` (folded under a toggle), and each figure gets a numbered caption (the first
+sentence of the markdown cell that introduces it) and opens enlarged on a click. Outputs and code
+wrap instead of scrolling sideways (``_static/course.css``), there is one search box, and beside
+the chapters stand a "how to use this book" page (prerequisites, a glossary), the exercises (each
+chapter links its own) and an instructors' section with the reference solutions.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import re
 import shutil
@@ -18,6 +28,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .. import setup as project_setup
 from ..paths import PROJECT_ROOT
 
 FINDINGS = "## What the notebooks find"
@@ -30,28 +41,104 @@ extensions = ["myst_nb"]
 exclude_patterns = ["_build"]
 nb_execution_mode = "off"  # the notebooks are rendered with the outputs they were executed with
 nb_merge_streams = True
-myst_enable_extensions = ["dollarmath"]
-myst_update_mathjax = False  # its MathJax 3 settings (window.MathJax = ...) would stop MathJax 2 from starting
+myst_enable_extensions = ["dollarmath", "amsmath", "deflist"]
 html_theme = "sphinx_book_theme"
 html_title = "Dissecting Recall"
-html_theme_options = {{"show_toc_level": 2, "use_download_button": True}}
+html_theme_options = {{"show_toc_level": 2, "use_download_button": True, "navbar_persistent": []}}
+# one search box: the sidebar's (the theme also puts search buttons in the header)
+html_sidebars = {{"**": ["navbar-logo.html", "search-button-field.html", "sbt-sidebar-nav.html"]}}
 html_static_path = ["_static"]
+html_css_files = ["course.css"]
+html_js_files = ["course.js"]
 html_last_updated_fmt = None
-# MathJax 2 from the jupyter-server-mathjax package (its one combined configuration and its STIX web fonts, as
-# Jupyter itself uses it), copied into _static: nothing is loaded from the internet
-mathjax_path = "mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full"
-mathjax2_config = {{"HTML-CSS": {{"availableFonts": [], "imageFont": None, "preferredFont": None, "webFont": "STIX-Web"}},
-                   "showMathMenu": False, "messageStyle": "none"}}
+numfig = True  # "Fig. 1", "Fig. 2", ... on every captioned figure
+numfig_format = {{"figure": "Fig. %s"}}
+# MathJax 3 (CommonHTML output, display equations centred) from the sphinx-mathjax-offline package, copied into
+# _static: nothing is loaded from the internet
+mathjax_path = "mathjax/tex-chtml.js"
+mathjax3_config = {{"chtml": {{"displayAlign": "center"}}, "options": {{"enableMenu": False}}}}
 suppress_warnings = ["mystnb.unknown_mime_type", "myst.header"]
 '''
 
+COURSE_CSS = """\
+/* outputs and code wrap: no horizontal scroll at a desktop's 1400 px or a phone's 400 px */
+div.highlight pre, div.cell_output pre, .output pre, pre {{ white-space: pre-wrap; overflow-wrap: anywhere;
+  overflow-x: hidden; }}
+div.cell_output, div.cell_input, div.highlight, .bd-article-container {{ max-width: 100%; overflow-x: hidden; }}
+table {{ max-width: 100%; }}
+table td, table th {{ overflow-wrap: anywhere; }}
+img {{ max-width: 100%; height: auto; }}
+/* display math centred, and never wider than the column */
+mjx-container[display="true"] {{ display: block; text-align: center !important; max-width: 100%; overflow-x: hidden; }}
+/* figures: numbered captions, a click enlarges */
+figure img {{ cursor: zoom-in; }}
+figure figcaption {{ font-size: 0.95em; }}
+img.enlarged {{ position: fixed; inset: 0; width: 100vw; height: 100vh; max-width: none; object-fit: contain;
+  background: rgba(255, 255, 255, 0.97); z-index: 3000; cursor: zoom-out; }}
+"""
+
+COURSE_JS = """\
+// a figure opens enlarged on a click (and closes on a second click or Escape)
+document.addEventListener("DOMContentLoaded", () => {{
+  document.querySelectorAll("figure img").forEach(img => img.addEventListener("click", () =>
+    img.classList.toggle("enlarged")));
+  document.addEventListener("keydown", e => {{ if (e.key === "Escape")
+    document.querySelectorAll("img.enlarged").forEach(i => i.classList.remove("enlarged")); }});
+}});
+"""
+
+GLOSSARY = {
+    "sink": "the first token of a prompt (a BOS or end-of-text token) that receives much of every head's attention; "
+            "this project keeps it out of every position set (``sink=\"prepend\"``), the official code counts it as "
+            "a non-subject position (``sink=\"official\"``).",
+    "logit lens": "reading a hidden state (or a sublayer's update) as a distribution over the vocabulary by applying "
+                  "the model's final norm and output head to it; the paper's projection skips the final norm.",
+    "attention knockout": "removing the edges from the last position to a set of positions (subject, relation, last) "
+                          "for all heads, in a window of layers, before the softmax; the measure is the relative "
+                          "change of the probability of the model's prediction.",
+    "knockout window": "the k consecutive layers around a centre layer in which an intervention acts; the official "
+                       "window is asymmetric for even k.",
+    "attributes rate": "the share of the top tokens of a hidden state's projection (after dropping stopwords and "
+                       "short tokens) that belong to the subject's attribute set (tokens of paragraphs about it).",
+    "extraction event": "a sublayer update at the last position whose projection ranks the model's prediction "
+                        "first: the attribute is extracted at that layer, by attention or by the MLP.",
+    "W_V W_O map": "a head's value and output matrices read as one map from a (subject) token's embedding to the "
+                   "vocabulary: which tokens the head writes when it attends to that token.",
+}
+
+FORMULAS = r"""
+The measures, as the chapters define them. The relative change of the prediction's probability under a knockout
+(chapter 01), with $p$ the probability of the model's own prediction:
+
+$$\Delta = 100 \cdot \frac{p_\text{knocked out} - p_\text{clean}}{p_\text{clean}} \;\%.$$
+
+The attention knockout adds $-\infty$ to the pre-softmax scores of the blocked edges at the layers of the window
+$W$: with $S$ the blocked positions and $N$ the last position,
+
+$$M^{\ell}_{N j} = \begin{cases} -\infty & \ell \in W,\ j \in S \\ 0 & \text{otherwise.} \end{cases}$$
+
+The attributes rate of a hidden state $h$ (chapter 02), with $T_k(h)$ the top $k$ tokens of its projection after the
+token filter and $A_s$ the subject's attribute set:
+
+$$\text{rate}(h) = \frac{|T_k(h) \cap A_s|}{k}.$$
+
+An extraction event at layer $\ell$ (chapter 03) for an update $u^\ell$ (attention or MLP) at the last position and
+the prediction $t^*$:
+
+$$\operatorname{arg\,max}_t \; \operatorname{proj}(u^{\ell})_t = t^*.$$
+
+A head's W_V W_O map sends a token $x$ to $\operatorname{proj}(e_x W_V^{h} W_O^{h})$, read by its top tokens.
+"""
+
+
 
 def _mathjax_dir() -> Path:
-    try:
-        import jupyter_server_mathjax
-    except ModuleNotFoundError:
-        raise ModuleNotFoundError('the book needs its extras: pip install -e ".[book]" (make book does it)') from None
-    return Path(jupyter_server_mathjax.__file__).parent / "static"
+    """MathJax 3 (3.2.2 in sphinx-mathjax-offline 0.0.2), whose distribution installs as the folder
+    ``sphinx-mathjax-offline`` (a name with hyphens, so it is found, not imported)."""
+    spec = importlib.util.find_spec("sphinx-mathjax-offline")
+    if spec is None or not spec.origin:
+        raise ModuleNotFoundError('the book needs its extras: pip install -e ".[book]" (make book does it)')
+    return Path(spec.origin).parent / "static" / "mathjax"
 
 
 def notebook_parameters(path: Path) -> dict:
@@ -83,29 +170,81 @@ def _site_links(text: str, stage: Path) -> str:
         if target.startswith("notebooks/") and target.endswith(".ipynb"):
             return f"[{label}]({target})"
         source = PROJECT_ROOT / target
-        if bang and source.is_file():
+        if bang and source.is_file():  # a numbered figure, its alt text the caption
             dest = stage / target
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, dest)
-            return match.group(0)
+            return f"```{{figure}} {target}\n:alt: {label}\n\n{label[:1].upper() + label[1:]}.\n```"
         return label if not bang else f"*({label}: not part of this site)*"
 
     text = re.sub(r"!\[([^\]]*)\]\([a-z]+://[^)\s]+\)", r"\1", text)  # an offline site loads no image from the internet
     return re.sub(r"(!?)\[([^\]]*)\]\(([^)\s]+)\)", link, text)
 
 
-def _copy_notebook(path: Path, dest: Path) -> None:
+HIDDEN = {"setup", "parameters", "injected-parameters"}
+"""Cell tags of the boilerplate a reader of the book does not need (the setup cell, the parameters and
+papermill's injected parameters): staged as ``remove-cell``."""
+
+
+def _caption(cells: list[dict], index: int) -> str:
+    """A figure's caption: the first sentence of the markdown cell that introduces it (headings
+    dropped), else of the one after it."""
+    for k in (index - 1, index + 1):
+        if 0 <= k < len(cells) and cells[k]["cell_type"] == "markdown":
+            text = " ".join(line for line in "".join(cells[k]["source"]).splitlines() if not line.startswith("#"))
+            text = re.sub(r"\$\$.*?\$\$", "", " ".join(text.split()))
+            sentence = re.split(r"(?<=[.:;])\s", text, maxsplit=1)[0].strip().rstrip(":;")
+            if sentence:
+                return sentence if len(sentence) <= 300 else sentence[:297].rsplit(" ", 1)[0] + " ..."
+    return "Figure"
+
+
+def _exercise_for(path: Path) -> Path | None:
+    found = sorted((PROJECT_ROOT / "exercises").glob(f"{path.name[:2]}_*_exercises.ipynb"))
+    return found[0] if found else None
+
+
+def _copy_notebook(path: Path, dest: Path, chapter: bool = False) -> dict:
     """A notebook for the site: links of its markdown to the repository's files (``../utils/x.py``),
-    which the site does not carry, become plain text."""
+    which the site does not carry, become plain text; the boilerplate cells are removed, the code of
+    each figure folded and the figure captioned (numbered by Sphinx); a chapter links its exercises.
+    Returns what was done (counts), for the build's report."""
     nb = json.loads(path.read_text())
-    for cell in nb["cells"]:
+    cells, done = nb["cells"], {"removed": 0, "folded": 0, "figures": 0}
+    first_code = next((i for i, c in enumerate(cells) if c["cell_type"] == "code"), None)
+    for i, cell in enumerate(cells):
         if cell["cell_type"] == "markdown":
             text = "".join(cell["source"])
             cell["source"] = re.sub(r"(?<!!)\[([^\]]*)\]\((\.\./[^)\s]+)\)", r"\1", text)
+            continue
+        if cell["cell_type"] != "code":
+            continue
+        meta = cell.setdefault("metadata", {})
+        tags = meta.setdefault("tags", [])
+        if HIDDEN & set(tags) or (i == first_code and "".join(cell["source"]).startswith("# Setup")):
+            tags.append("remove-cell")
+            done["removed"] += 1
+            continue
+        images = sum("image/png" in o.get("data", {}) for o in cell.get("outputs", []))
+        if images:
+            tags.append("hide-input")
+            done["folded"] += 1
+            done["figures"] += images
+            meta.setdefault("mystnb", {})["figure"] = {"caption": _caption(cells, i), "name": f"fig-{path.stem[:2]}-{i}"}
+    exercise = _exercise_for(path) if chapter else None
+    if exercise is not None:
+        title = next((k for k, c in enumerate(cells) if c["cell_type"] == "markdown"), -1)
+        cells.insert(title + 1, {"cell_type": "markdown", "id": f"exercises-{path.stem[:2]}", "metadata": {}, "source":
+                                 f"**Exercises for this chapter:** [{exercise.stem.replace('_', ' ')}]"
+                                 f"(../exercises/{exercise.name}) (solutions in the "
+                                 f"[instructors' section](../instructors.md)).\n"})
     dest.write_text(json.dumps(nb, indent=1, ensure_ascii=False))
+    return done
 
 
 def landing_page(source: Path, notebooks: list[Path], stage: Path) -> str:
+    """The book's first page, written for readers: what the paper found and what the chapters do,
+    the run the pages show, the findings (from the README), and the contents."""
     readme = (PROJECT_ROOT / "README.md").read_text()
     title = readme.splitlines()[0].lstrip("# ").strip()
     intro = readme.split("\n## ", 1)[0].split("\n", 1)[1].strip()
@@ -115,20 +254,79 @@ def landing_page(source: Path, notebooks: list[Path], stage: Path) -> str:
     exercises = sorted((PROJECT_ROOT / "exercises").glob("[0-9][0-9]_*_exercises.ipynb"))
     ex_toc = "\n".join(f"exercises/{p.stem}" for p in exercises)
     findings = readme_section(readme, FINDINGS)
+    findings = re.sub(r" ?\([^()]*`make readme`[^()]*\)", "", findings)  # maintainers' notes, not for readers
+    where = source.relative_to(PROJECT_ROOT) if source.is_relative_to(PROJECT_ROOT) else source
     return "\n\n".join([
         f"# {title}",
         _site_links(intro, stage),
-        f"This edition shows the notebooks as executed in `{source.relative_to(PROJECT_ROOT) if source.is_relative_to(PROJECT_ROOT) else source}` "
-        f"({run}). The findings below are quoted from the project's README.",
-        _site_links(findings.replace("## ", "## ", 1), stage),
-        f"```{{toctree}}\n:caption: Notebooks\n:maxdepth: 1\n\n{toc}\n```",
-        (f"```{{toctree}}\n:caption: Exercises (unsolved; solutions in exercises/solutions/)\n:maxdepth: 1\n\n{ex_toc}\n```"
-         if exercises else ""),
+        f"Each chapter is one notebook, shown as it ran on `{where}` ({run}): the text, the results and the figures, "
+        "with the code that drew each figure folded under it. Start with [how to use this book](how_to_use.md): "
+        "what to know beforehand, and the words the chapters use.",
+        _site_links(findings, stage),
+        "```{toctree}\n:caption: Start here\n:maxdepth: 1\n\nhow_to_use\n```",
+        f"```{{toctree}}\n:caption: Chapters\n:maxdepth: 1\n\n{toc}\n```",
+        (f"```{{toctree}}\n:caption: Exercises\n:maxdepth: 1\n\n{ex_toc}\n```" if exercises else ""),
+        "```{toctree}\n:caption: For instructors\n:maxdepth: 1\n\ninstructors\n```",
     ]) + "\n"
 
 
+def how_to_use_page() -> str:
+    """Prerequisites, how the chapters are built, the glossary, the measures' formulas, and how to
+    run a chapter yourself (Colab only once the repository's address is set)."""
+    glossary = "\n\n".join(f"{term}\n: {text}" for term, text in GLOSSARY.items())
+    if project_setup.published():
+        colab = (f"Each notebook opens in Colab from {project_setup.repository_url()}: its first cell clones the "
+                 "repository and installs what is missing.")
+    else:
+        colab = ("There is no Colab link yet: this copy's repository address is the placeholder "
+                 f"`{project_setup.PLACEHOLDER}`. Maintainers set `REPOSITORY` in `utils/setup.py` and run "
+                 "`python -m utils.setup sync`; a notebook opened in Colab before then says what to do.")
+    return f"""# How to use this book
+
+## Prerequisites
+
+- Python and PyTorch at the level of reading a forward hook and indexing a tensor of shape (batch, position, hidden).
+- The transformer's residual stream: each layer adds an attention update and an MLP update to it; a head attends
+  from a query position to key positions through a softmax over scores.
+- The paper itself helps but is not required: each chapter states the claim it tests before testing it.
+
+## How a chapter is built
+
+Each chapter reproduces one section of the paper. It first writes the measure out in plain PyTorch on one fact, checks
+it against the project's library, then runs the library over every fact the model knows, draws the paper's figure
+(the code is folded under each figure: click to show it, click a figure to enlarge it) and ends with verdicts: whether
+the paper's claim holds on this model, with a 95% confidence interval over facts. Layers are counted from 0; the
+paper's figures count from 1. The exercises ask you to write the same pieces yourself, with a checker under each.
+
+## Glossary
+
+{glossary}
+
+## The measures
+
+{FORMULAS.strip()}
+
+## Running a chapter yourself
+
+Clone the repository, run `make venv`, and open `notebooks/` in Jupyter with the `.venv` kernel; or run every chapter
+at once on a small model with `make reproduce MODEL=smollm2-135m DATASET=small N_FACTS=5 DISSECT_OUTPUT_ROOT=build/quick`.
+{colab}
+"""
+
+
+def instructors_page() -> str:
+    """The reference solutions of the exercises, one section per exercise notebook."""
+    parts = ["# For instructors: the solutions",
+             "The reference solutions of every exercise, as the checkers test them (each passes its checker, and one "
+             "plausible wrong answer per exercise fails with a hint). The exercise notebooks never import them."]
+    for path in sorted((PROJECT_ROOT / "exercises" / "solutions").glob("[0-9][0-9]_*.py")):
+        parts.append(f"## {path.stem.replace('_', ' ')}\n\n```python\n{path.read_text().rstrip()}\n```")
+    return "\n\n".join(parts) + "\n"
+
+
 def stage(source: Path, stage_dir: Path) -> Path:
-    """A Sphinx source folder: conf.py, the landing page, the notebooks and the exercises."""
+    """A Sphinx source folder: conf.py, the landing page, the how-to page, the chapters, the exercises
+    and the instructors' solutions."""
     notebooks = sorted(source.glob("[0-9][0-9]_*.ipynb"))
     if not notebooks:
         raise FileNotFoundError(f"no executed notebooks in {source}: run `make reproduce` (or pass BOOK_SOURCE=...)")
@@ -137,12 +335,16 @@ def stage(source: Path, stage_dir: Path) -> Path:
     (stage_dir / "notebooks").mkdir(parents=True)
     (stage_dir / "exercises").mkdir()
     for nb in notebooks:
-        _copy_notebook(nb, stage_dir / "notebooks" / nb.name)
+        _copy_notebook(nb, stage_dir / "notebooks" / nb.name, chapter=True)
     for nb in sorted((PROJECT_ROOT / "exercises").glob("[0-9][0-9]_*_exercises.ipynb")):
         _copy_notebook(nb, stage_dir / "exercises" / nb.name)
     shutil.copytree(_mathjax_dir(), stage_dir / "_static" / "mathjax")
+    (stage_dir / "_static" / "course.css").write_text(COURSE_CSS.format())
+    (stage_dir / "_static" / "course.js").write_text(COURSE_JS.format())
     (stage_dir / "conf.py").write_text(CONF.format())
     (stage_dir / "index.md").write_text(landing_page(source, notebooks, stage_dir))
+    (stage_dir / "how_to_use.md").write_text(how_to_use_page())
+    (stage_dir / "instructors.md").write_text(instructors_page())
     return stage_dir
 
 
