@@ -32,7 +32,7 @@ ifneq ($(KNOWN_1000),)
 export DISSECT_KNOWN_1000 := $(abspath $(KNOWN_1000))
 endif
 
-.PHONY: venv lock book-venv chromium book reproduce atlas readme test bench references clean-outputs help
+.PHONY: venv lock book-venv chromium book reproduce atlas readme test bench bench-scale gpu-check references clean-outputs help
 
 help:
 	@echo "make reproduce [MODEL=gemma-3-270m] [N_FACTS=0] [DEVICE=auto] [DTYPE=float32]"
@@ -41,7 +41,9 @@ help:
 	@echo "make readme      # regenerate the README's findings (from results/) and timings (from executed/)"
 	@echo "make test        # pytest + the notebooks under nbval (+ the exercises, the book in headless Chromium)"
 	@echo "make book [BOOK_SOURCE=executed/gemma-3-270m]  # the reader's edition: $(BOOK_OUT)/html/index.html"
-	@echo "make bench       # batched vs per-example attention knockout"
+	@echo "make bench [BENCH_MODEL=gemma-3-270m]  # every notebook sweep's rate, batched vs per-example loop"
+	@echo "make bench-scale # the sweeps on GPT-2 XL's and GPT-J's shapes, random weights, CPU (WRITE=1: results/bench/)"
+	@echo "make gpu-check   # on a GPU: device tests, sweeps on GPT-2 XL's shape, CPU vs CUDA (at most 8 min)"
 	@echo "make references  # re-execute the nbval reference notebooks (smollm2-135m, small facts)"
 	@echo "make venv [LOCK=1]  # LOCK=0: newest releases instead of requirements.lock"
 	@echo "make lock        # write requirements.lock (and environment.yml's pins) from this venv"
@@ -121,8 +123,15 @@ test: venv book-venv chromium
 	DISSECT_REQUIRE_BOOK=1 DISSECT_OUTPUT_ROOT=$(TEST_OUT) $(BIN)/python -m pytest tests executed/reference \
 	  --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:randomly
 
+BENCH_MODEL ?= gemma-3-270m
 bench: venv
-	$(BIN)/python -m utils.companion.bench
+	$(BIN)/python -m utils.companion.bench --model $(BENCH_MODEL)
+
+bench-scale: venv
+	$(BIN)/python -m utils.companion.bench_scale $(if $(WRITE),--write)
+
+gpu-check: venv
+	$(BIN)/python -m utils.companion.gpu_check
 
 references: venv
 	$(BIN)/python -m utils.core.sources prepare smollm2-135m --device cpu --dtype float32

@@ -19,6 +19,7 @@ from typing import NotRequired, TypedDict
 import pandas as pd
 import torch
 
+from ..core.batching import in_batches, resolve
 from ..core.forward import check_length, run
 from ..core.identity import sha256_of_file
 from ..core.projection import decode_ids
@@ -279,14 +280,28 @@ def tokenize_facts(lm, facts: pd.DataFrame, prepend_sink: bool | None = None) ->
     return pd.DataFrame(kept), pd.DataFrame(skipped, columns=columns)
 
 
+def _predict(lm, out: pd.DataFrame, batch: list[int]) -> list[list[float]]:
+    ids = torch.tensor([out["input_ids"].iat[i] for i in batch])
+    probs = run(lm, ids).probs()
+    targets = torch.tensor([int(out["attribute_token"].iat[i]) for i in batch], device=probs.device)
+    top_prob, top = probs.max(-1)
+    target_prob = probs.gather(-1, targets[:, None])[:, 0]
+    ranks = (probs > target_prob[:, None]).sum(-1)
+    return torch.stack([top.double(), top_prob.double(), target_prob.double(), ranks.double()], 1).cpu().tolist()
+
+
 @torch.no_grad()
-def predict_next_token(lm, prepared: pd.DataFrame, batch_size: int = 32, progress: bool = True) -> pd.DataFrame:
+def predict_next_token(lm, prepared: pd.DataFrame, batch_size: int | str = 32, progress: bool = True) -> pd.DataFrame:
     """The model's top-1 next token for each prompt, its probability, and the rank and
     probability of the attribute's first token.
 
     Prompts of equal length are batched together, so no padding is ever involved.
+    ``"auto"`` sizes the batches for the longest prompt (at most 32 on the host, the tuned
+    fixed size; :mod:`utils.core.batching`), and an out-of-memory error halves them.
     """
     out = prepared.copy()
+    if len(out):
+        batch_size = resolve(batch_size, lm, int(out["n_tokens"].max()), cap=32, recompute="all")
     cols = {c: [None] * len(out) for c in ("pred_token_id", "pred_prob", "attribute_prob", "attribute_rank")}
     order = sorted(range(len(out)), key=lambda i: out["n_tokens"].iat[i])
     batches = []
@@ -297,13 +312,7 @@ def predict_next_token(lm, prepared: pd.DataFrame, batch_size: int = 32, progres
             batches.append([i])
     for batch in progress_line(batches, f"next-token predictions for {len(out)} prompts", "batches",
                                enabled=progress):
-        ids = torch.tensor([out["input_ids"].iat[i] for i in batch])
-        probs = run(lm, ids).probs()
-        targets = torch.tensor([int(out["attribute_token"].iat[i]) for i in batch], device=probs.device)
-        top_prob, top = probs.max(-1)
-        target_prob = probs.gather(-1, targets[:, None])[:, 0]
-        ranks = (probs > target_prob[:, None]).sum(-1)
-        found = torch.stack([top.double(), top_prob.double(), target_prob.double(), ranks.double()], 1).cpu().tolist()
+        found = in_batches(batch, len(batch), lambda part: _predict(lm, out, part), lm)  # halves on OOM
         for (pred, pred_prob, attribute_prob, rank), i in zip(found, batch):  # one transfer per batch
             cols["pred_token_id"][i] = int(pred)
             cols["pred_prob"][i] = pred_prob
@@ -317,7 +326,7 @@ def predict_next_token(lm, prepared: pd.DataFrame, batch_size: int = 32, progres
 
 
 def build_known_set(
-    lm, facts: pd.DataFrame, prepend_sink: bool | None = None, batch_size: int = 32, progress: bool = True
+    lm, facts: pd.DataFrame, prepend_sink: bool | None = None, batch_size: int | str = 32, progress: bool = True
 ) -> pd.DataFrame:
     """Evaluate every fact: one row per fact with its tokens, subject positions, the model's
     prediction and ``known`` (top-1 prediction == the attribute's first token). Facts
@@ -348,7 +357,7 @@ def known_only(table: pd.DataFrame, model: str) -> pd.DataFrame:
 
 
 def known_set(lm, dataset="known_1000", n_facts: int | None = None, prepend_sink: bool | None = None,
-              batch_size: int = 32) -> pd.DataFrame:
+              batch_size: int | str = 32) -> pd.DataFrame:
     """The evaluated facts of ``lm`` (see :func:`build_known_set`), saved as
     ``results/<model>/facts_evaluated.csv`` (``facts_evaluated_sink.csv`` with
     ``prepend_sink=True``, which can change predictions) and reused by every notebook with

