@@ -34,6 +34,7 @@ from ..paper.enrichment import Settings, enrichment_rows
 from ..paper.extraction import clean_run, extraction_rows, head_mapping_rows
 from ..paper.facts import as_facts, predict_next_token, tokenize_facts
 from ..paper.information_flow import FlowSettings, default_window, flow_of_fact, position_heatmap
+from .plotting import plt
 
 MAX_PROMPT_TOKENS = 48
 """The longest prompt dissected (tokens, sink included). The heatmap runs one knockout per
@@ -138,8 +139,6 @@ class Dissection:
     # ----------------------------------------------------------------------------------
     def figure(self):
         """One figure, three panels (a subfigure each): flow, enrichment, extraction."""
-        from .plotting import plt
-
         fig = plt.figure(figsize=(17, 6.2), layout="constrained")
         flow, enrich, extract = fig.subfigures(1, 3, width_ratios=[1.1, 1.1, 1])
         self._flow_panel(flow)
