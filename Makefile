@@ -32,7 +32,7 @@ ifneq ($(KNOWN_1000),)
 export DISSECT_KNOWN_1000 := $(abspath $(KNOWN_1000))
 endif
 
-.PHONY: venv lock book-venv chromium book reproduce atlas readme test bench bench-scale gpu-check references clean-outputs help
+.PHONY: venv lock book-venv chromium book reproduce atlas readme test bench bench-scale gpu-check references explore clean-outputs help
 
 help:
 	@echo "make reproduce [MODEL=gemma-3-270m] [N_FACTS=0] [DEVICE=auto] [DTYPE=float32]"
@@ -45,6 +45,7 @@ help:
 	@echo "make bench-scale # the sweeps on GPT-2 XL's and GPT-J's shapes, random weights, CPU (WRITE=1: results/bench/)"
 	@echo "make gpu-check   # on a GPU: device tests, sweeps on GPT-2 XL's shape, CPU vs CUDA (at most 8 min)"
 	@echo "make references  # re-execute the nbval reference notebooks (smollm2-135m, small facts)"
+	@echo "make explore [MODEL=gemma-3-270m] [PORT=8866]  # notebook 05's dissect form as a page on localhost (Voila)"
 	@echo "make venv [LOCK=1]  # LOCK=0: newest releases instead of requirements.lock"
 	@echo "make lock        # write requirements.lock (and environment.yml's pins) from this venv"
 
@@ -139,6 +140,14 @@ references: venv
 	set -e; for nb in $(NOTEBOOKS); do \
 	  DISSECT_OUTPUT_ROOT=$(TEST_OUT) $(PAPERMILL) $$nb executed/reference/$$(basename $$nb) -f tests/reference_params.yaml; \
 	done
+
+# Notebook 05 (dissect your own fact) as a web page on this machine, for a lecture or a lab (Voila runs its form)
+PORT ?= 8866
+explore: book-venv
+	$(BIN)/python -m utils.core.sources prepare $(MODEL) --device $(DEVICE) --dtype $(DTYPE)
+	@echo "notebook 05 for $(MODEL): open http://localhost:$(PORT)/ (Ctrl-C stops it)"
+	DISSECT_EXPLORE_MODEL=$(MODEL) $(BIN)/voila notebooks/05_dissect_your_fact.ipynb --port=$(PORT) --no-browser \
+	  --Voila.ip=127.0.0.1 --show_tracebacks=False
 
 clean-outputs:
 	rm -rf "$(OUT)executed/$(SLUG)" "$(OUT)results/$(SLUG)" "$(OUT)figures/$(SLUG)"

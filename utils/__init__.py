@@ -29,6 +29,7 @@ PARTS = ("core", "runs", "paper", "companion")
 """The four parts, in the order they may import each other."""
 
 _EXPORTS = {
+    "companion.dissect": ("dissect",),
     "core.forward": ("Capture", "run"),
     "core.interventions": ("BlockAttention", "PatchHidden", "ZeroSublayer", "window"),
     "core.models": ("LoadedModel", "load_model", "wrap_model"),

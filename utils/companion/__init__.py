@@ -2,6 +2,6 @@
 README's section, generated from the results), ``timings`` (the README's run times, read from
 the executed notebooks' papermill records), ``book`` (the reader's edition), ``bench``
 (every notebook sweep's rate), ``bench_scale`` (the sweeps on the paper's model shapes, random
-weights), ``gpu_check`` (one command for a first GPU), ``exercises`` (the checkers of the exercise
-notebooks).
+weights), ``gpu_check`` (one command for a first GPU), ``dissect`` (the paper's three steps on
+one prompt of one's own, one figure), ``exercises`` (the checkers of the exercise notebooks).
 """

@@ -31,7 +31,7 @@ from ..core.interventions import ZeroSublayer
 from ..core.projection import module_weights, project, token_ranks, vocabulary
 from ..runs.results import sweep
 from .attributes import keep_predicted_token
-from .facts import Fact, as_facts, subject_positions
+from .facts import Fact, as_facts, prediction, subject_positions
 
 POSITIONS = ("input first", "subject first", "subject last", "subject subseq.", "input last")
 BASELINE = "static embedding"
@@ -192,7 +192,7 @@ def enrichment_rows(lm, fact: Fact, attributes: frozenset[str] | None, settings:
     vectors = torch.cat([hidden.flatten(0, 1), static[None].to(hidden.device)])
     scores = project(lm, vectors, mode)
     tokens = clean_top_tokens(lm, scores, settings.top_k, settings.kept)
-    ranks = token_ranks(scores, int(fact["pred_token_id"])).tolist()
+    ranks = token_ranks(scores, prediction(fact)).tolist()
     labels = [(layer, name) for layer in range(lm.n_layers) for name in positions] + [(-1, BASELINE)]
     rows = []
     for (layer, name), toks, rank in zip(labels, tokens, ranks):
@@ -237,7 +237,7 @@ def knockout_rows(lm, fact: Fact, attributes: frozenset[str] | None, variant: st
         configs += group
     scores = project(lm, torch.cat(hidden), mode)
     tokens = clean_top_tokens(lm, scores, settings.top_k, settings.kept)
-    ranks = token_ranks(scores, int(fact["pred_token_id"])).tolist()
+    ranks = token_ranks(scores, prediction(fact)).tolist()
     out = []
     for (kind, start), toks, rank in zip(configs, tokens, ranks):
         for s in range(len(windows)) if start is None else [start]:

@@ -28,7 +28,7 @@ from ..core.forward import Capture, attention_update_again, run
 from ..core.heads import head_contributions, reweight, token_embeddings, update_from_weights, value_output
 from ..core.projection import decode_ids, project, token_ranks
 from ..core.readout import likely_top, ranked_first
-from .facts import Fact, position_sets
+from .facts import Fact, position_sets, prediction
 
 ROWS_VERSION = 4
 """Part of every sweep's parameters: bumped when a change to this module changes the rows
@@ -60,17 +60,18 @@ class CleanRun:
 
     @property
     def target(self) -> int:
-        return int(self.fact["pred_token_id"])
+        return prediction(self.fact)
 
 
 def clean_run(lm, fact, attention: bool = True) -> CleanRun:
     """The clean pass of ``fact`` (a known-set row); ``attention`` also keeps the attention
     weights and values, which blocked extraction and the head mappings rebuild updates from."""
+    prediction(fact)  # a fact without its prediction is refused before the model runs
     out = run(lm, fact["input_ids"], capture=Capture(resid=True, attn=True, mlp=True, heads=True,
                                                      attn_weights=attention, values=attention, calls=True))
     a = out.acts
     predicted = int(out.logits[0, -1].argmax())
-    if predicted != int(fact["pred_token_id"]):
+    if predicted != prediction(fact):
         raise ValueError(f"fact {fact.get('known_id')}: the model now predicts {predicted}, "
                          f"the known set says {fact['pred_token_id']} (stale known set?)")
     return CleanRun(fact=fact, resid=a["resid"][0], attn=a["attn"][0, :, -1], mlp=a["mlp"][0, :, -1],
@@ -235,7 +236,7 @@ def head_mapping_rows(lm, layer: int, heads, facts, mode: str = "paper", pool=No
     predictions) under the same mapping: their median, and the share of them in the top 10.
     Also the top ``k`` tokens mapped from the subject token that ranks the attribute best."""
     facts = list(facts)
-    targets = [int(f["pred_token_id"]) for f in facts]
+    targets = [prediction(f) for f in facts]
     pool = torch.tensor(sorted(set(targets) if pool is None else {int(t) for t in pool}))
     tokens = [[int(fact["input_ids"][p]) for p in position_sets(fact)["subject"]] for fact in facts]
     unique = sorted({t for ts in tokens for t in ts})

@@ -398,6 +398,23 @@ class Fact(TypedDict):
     computed when absent."""
 
 
+class NoPrediction(ValueError):
+    pass
+
+
+def prediction(fact) -> int:
+    """The fact's target, the model's own top-1 next token (``pred_token_id``). A fact from
+    :func:`tokenize_facts` alone has none yet: said here, with the step that adds it, rather
+    than as a bare ``KeyError`` deep inside an analysis."""
+    try:
+        return int(fact["pred_token_id"])
+    except KeyError:
+        raise NoPrediction(
+            f"fact {fact.get('known_id', '?')} has no pred_token_id (the model's prediction, the target of every "
+            "measure): tokenize_facts only tokenizes; run predict_next_token on its result, or use build_known_set "
+            "/ known_set, or utils.dissect for one prompt of your own") from None
+
+
 FACT_FIELDS = tuple(name for name in Fact.__annotations__ if name != "static_ids")
 POSITION_FIELDS = ("known_id", "input_ids", "n_tokens", "subject_positions", "has_sink")
 """What every analysis needs of a fact: its tokens and where the subject and the sink are."""

@@ -65,23 +65,47 @@ def _event_cases(lm) -> list[tuple]:
     return _cached(("events", id(lm)), compute)
 
 
+def _event_diagnosis(lm, cases, answers) -> str:
+    """Which wrong rule the answers follow on every case, said in words ("" when none)."""
+    lens, plain = [], []
+    for (fact, _, _, vector, _), got in zip(cases, answers):
+        target = int(fact["pred_token_id"])
+        for mode, ranks in (("logit_lens", lens), ("paper", plain)):
+            scores = project(lm, vector, mode)
+            ranks.append(int((scores > scores[target]).sum()))
+    if all(a == (r == 0) for a, r in zip(answers, plain)):
+        return ("Your answers are those of the projection without the final norm: project with the logit lens "
+                "(the final norm, then the unembedding).")
+    for top in range(2, 11):
+        if all(a == (r < top) for a, r in zip(answers, lens)):
+            return (f"Your answers are 'the target is in the top {top}': an extraction event needs the target "
+                    "ranked FIRST (rank 0, above every other token), not among the top few.")
+        if all(a == (r < top) for a, r in zip(answers, plain)):
+            return (f"Your answers are 'in the top {top}, without the final norm': an event needs rank 0, under the "
+                    "logit lens (the final norm, then the unembedding).")
+    return ""
+
+
 def check_extraction_event(fn, lm=None) -> None:
     """03.2 ``fn(lm, update, target) -> bool``: does the update rank the target first (logit lens)?"""
     ex, lm = "03.2 extraction_event", model(lm)
     cases = _event_cases(lm)
-    for fact, sub, layer, vector, want in cases:
-        target = int(fact["pred_token_id"])
-        got = _call(ex, fn, lm, vector.clone(), target)
-        if got is not None and bool(got) == want:
+    raw = [_call(ex, fn, lm, vector.clone(), int(fact["pred_token_id"])) for fact, _, _, vector, _ in cases]
+    for got in raw:
+        if "bool" not in type(got).__name__ and getattr(got, "dtype", None) != torch.bool:
+            kind = type(got).__name__
+            raise ExerciseFailed(f"{ex}: return True or False (is the target ranked first?), not a {kind} "
+                                 f"({_show(got)}); if you computed the rank, the event is rank == 0")
+    answers = [bool(got) for got in raw]
+    for (fact, sub, layer, vector, want), got in zip(cases, answers):
+        if got == want:
             continue
+        target = int(fact["pred_token_id"])
         scores = project(lm, vector, "logit_lens")
         rank = int((scores > scores[target]).sum())
         hint = (f"under the logit lens the target {lm.tokenizer.decode([target])!r} has rank {rank} "
-                f"(0 = first); top tokens: {_tokens(lm, scores.topk(3).indices.tolist())}.")
-        plain = project(lm, vector, "paper")
-        if bool(got) == bool((plain > plain[target]).sum() == 0):
-            hint += (" Your answer is the one without the final norm: project with the logit lens "
-                     "(the final norm, then the unembedding).")
+                f"(0 = first); top tokens: {_tokens(lm, scores.topk(3).indices.tolist())}. ")
+        hint += _event_diagnosis(lm, cases, answers)
         _fail(ex, f"the {sub} update of layer {layer} of {fact['prompt']!r}", want, got, hint)
     events = sum(case[-1] for case in cases)
     _passed(ex, f"{len(cases)} updates of {len(small_known_facts(lm))} known facts ({events} extraction events, and the "
@@ -109,7 +133,16 @@ def check_head_shares(fn, lm=None) -> None:
             hint = ("head h's share is W_O[:, h*head_dim:(h+1)*head_dim] @ z_h: slice the *columns* of "
                     "o_proj.weight (nn.Linear stores (out, in); the heads' outputs are concatenated along its input), "
                     "not its rows.")
-            if _close(got.sum(0), expected.sum(0) + bias):
+            scale = float((got * expected).sum() / (expected * expected).sum().clamp_min(1e-30))
+            update = expected.sum(0) + bias
+            if abs(scale - 1) > 1e-3 and _close(got, scale * expected):
+                hint = (f"your shares point the right way but are {scale:.4g} times the expected ones: the split "
+                        "between the heads is right; drop the extra scale (no division by the number of heads, no "
+                        "attention scale; with a post-attention norm, multiply by N(o) / o, the norm's own gain).")
+            elif _close(got, update.expand_as(got)):
+                hint = ("every head got the whole update: head h's share uses only its own slice z_h = "
+                        "z[h*head_dim:(h+1)*head_dim] and the matching columns of the output projection.")
+            elif _close(got.sum(0), update):
                 hint = ("your shares add up to the update but are split between the heads wrongly: " + hint)
             _fail(ex, f"head {head} of layer {layer}, {fact['prompt']!r}", expected[head], got[head], hint)
     _passed(ex, "2 facts, an extracting layer and an early one: shares match and add up to the update")

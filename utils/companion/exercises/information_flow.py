@@ -10,7 +10,7 @@ import torch
 from ...core.forward import Capture, run
 from ...core.interventions import BlockAttention, window
 from ...paper.facts import position_sets
-from ...paper.information_flow import FlowSettings, default_window, flow_of_fact
+from ...paper.information_flow import FlowSettings, default_window, flow_of_fact, knockout_probs
 from .common import (ExerciseFailed, _as_tensor, _cached, _call, _close, _fail, _passed, _show, _tokens, model,
     small_facts, small_known_facts)
 
@@ -136,24 +136,66 @@ def check_relative_change(fn, lm=None) -> None:
     _passed(ex, f"{len(rows)} knockouts of a real fact")
 
 
+def _own_argmax_curves(lm, fact, k, keys) -> list[list[float]]:
+    """The curves of a student who measures each knockout's own top-1 token instead of the clean
+    run's prediction (two ways of writing it: the base probability of that token, or of the clean
+    prediction), from the library's knockout probabilities."""
+    last, n = fact["n_tokens"] - 1, lm.n_layers
+    rows = [[]] + [[BlockAttention(window(c, k, n), [last], keys)] for c in range(n)]
+    probs = knockout_probs(lm, fact["input_ids"], rows)
+    clean, own = probs[0], probs[1:].argmax(-1)
+    p_own = probs[1:].gather(-1, own[:, None])[:, 0]
+    target = int(clean.argmax())
+    return [(100 * (p_own - clean[own]) / clean[own]).tolist(), (100 * (p_own - clean[target]) / clean[target]).tolist()]
+
+
+def _flow_cases(lm) -> list[tuple[dict, str]]:
+    """(fact, source set) pairs to check, the first known fact's subject and non-subject curves
+    and, so that an answer tracking each knockout's own top-1 token cannot pass, the first
+    curves (any set, the last position's own included) where a knockout changes the top-1."""
+    def compute():
+        k, cases, changing = default_window(lm.n_layers), [], []
+        facts = small_known_facts(lm, True)
+        cases = [(facts[0], name) for name in ("subject", "non-subject")]
+        for fact in facts[:6]:
+            for name in ("subject", "non-subject", "last"):
+                keys = position_sets(fact)[name]
+                expected = [r["relative_change"] for r in flow_of_fact(lm, fact, FlowSettings(k, sets=(name,)))]
+                if any(not _close(torch.tensor(c), torch.tensor(expected), 1e-3)
+                       for c in _own_argmax_curves(lm, fact, k, keys)):
+                    changing.append((fact, name))
+            if len(changing) >= 2:
+                break
+        return cases + changing[:2]
+    return _cached(("flow cases", id(lm)), compute)
+
+
 def check_flow_curve(fn, lm=None) -> None:
     """01.5 ``fn(lm, fact, k, keys) -> list[float]``: the relative change per window centre."""
     ex, lm = "01.5 flow_curve", model(lm)
     k = default_window(lm.n_layers)
-    for index in (0,):
-        fact = small_known_facts(lm, True)[index]
-        for name in ("subject", "non-subject"):
-            keys = position_sets(fact)[name]
-            expected = [r["relative_change"] for r in _flow_rows(lm, index) if r["source"] == name]
-            got = _call(ex, fn, lm, dict(fact), k, list(keys))
-            got = _as_tensor(ex, got, (lm.n_layers,), f"one value per window centre ({lm.n_layers})")
-            if _close(got, torch.tensor(expected), 1e-3):
-                continue
-            worst = int((got - torch.tensor(expected)).abs().argmax())
-            hint = (f"the largest difference is at centre {worst} (expected {expected[worst]:.2f}, got "
-                    f"{got[worst]:.2f}). Block the last position from `keys` at every layer of "
-                    f"window(centre, {k}, n_layers), and measure the probability of the clean run's top-1 token.")
-            _fail(ex, f"{name} of {fact['prompt']!r}, k={k}", [round(x, 1) for x in expected],
-                  [round(x, 1) for x in got.tolist()], hint)
-    _passed(ex, f"subject and non-subject curves of {fact['prompt']!r} (k = {k}) match the library's flow_of_fact")
-
+    cases = _flow_cases(lm)
+    for fact, name in cases:
+        keys = position_sets(fact)[name]
+        expected = torch.tensor([r["relative_change"]
+                                 for r in flow_of_fact(lm, fact, FlowSettings(k, sets=(name,)))])
+        got = _call(ex, fn, lm, dict(fact), k, list(keys))
+        got = _as_tensor(ex, got, (lm.n_layers,), f"one value per window centre ({lm.n_layers})")
+        if _close(got, expected, 1e-3):
+            continue
+        worst = int((got - expected).abs().argmax())
+        hint = (f"the largest difference is at centre {worst} (expected {expected[worst]:.2f}, got "
+                f"{got[worst]:.2f}). Block the last position from `keys` at every layer of "
+                f"window(centre, {k}, n_layers), and measure the probability of the clean run's top-1 token.")
+        if any(_close(got, torch.tensor(c), 1e-3) for c in _own_argmax_curves(lm, fact, k, keys)):
+            hint = ("you measure each knockout's own top-1 token; the paper follows ONE token, the clean run's "
+                    "prediction, through every knockout (a knockout that changes the top-1 is a large drop of the "
+                    "clean prediction, not a small change of another token).")
+        elif _close(got, expected / 100, 1e-5):
+            hint = "the paper reports percent: multiply the relative change by 100."
+        elif _close(got, -expected, 1e-3):
+            hint = "the sign is flipped: a drop of the probability is a negative change (p_new - p_base)."
+        _fail(ex, f"{name} of {fact['prompt']!r}, k={k}", [round(x, 1) for x in expected.tolist()],
+              [round(x, 1) for x in got.tolist()], hint)
+    _passed(ex, f"{len(cases)} curves (subject and non-subject of {cases[0][0]['prompt']!r}, and curves where a "
+                f"knockout changes the top-1 token; k = {k}) match the library's flow_of_fact")
