@@ -111,81 +111,135 @@ def integer_layers(ax, label: str = "layer") -> None:
 
 SUBJECT_LAST_CONTROL = "subject last, another subject's attribute set (control)"
 
+POSITION_COLOURS = {"subject last": SUBJECT, "subject first": "#dd8452", "subject subseq.": "#937860",
+                    "input last": LAST, "input first": NON_SUBJECT}
+"""Notebook 02's positions: the subject's in warm colours, the last position green, the first blue."""
+
+SOURCE_COLOURS = {"subject": SUBJECT, "non-subject": NON_SUBJECT, "last": LAST, "subject-last": "#dd8452",
+                  "subject-other": "#937860"}
+"""Notebook 01's blocked sets, in the colours of the positions they hold."""
+
+
+def _colour(name, table, k):
+    return table.get(name, sns.color_palette()[k % 10])
+
 
 def rate_by_position(data, y: str, *, model: str, title: str, ylabel: str, note: str, order,
                      baseline: float | None = None, control: bool = False, band: bool = True):
     """Notebook 02's curves: one line per position over the layers of ``data`` (rows with
-    ``position``, ``layer`` >= 0 and ``y``), optionally the static-embedding ``baseline`` and
-    the mismatched-subject control of "subject last" (column ``control_rate``)."""
+    ``position``, ``layer`` >= 0 and ``y``), each with its 95% band over facts (``band``),
+    optionally the static-embedding ``baseline`` (dotted) and the mismatched-subject control of
+    "subject last" (column ``control_rate``; dashed, with its band). When no curve ever rises
+    above the baseline the figure says so: the measure then finds no enrichment at all."""
     curves = data[data.layer >= 0]
-    errorbar, missing = bands(curves.known_id.nunique()) if band else (None, "")
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    sns.lineplot(data=curves, x="layer", y=y, hue="position", style="position", hue_order=order, style_order=order,
-                 errorbar=errorbar, n_boot=200, seed=0, linewidth=2, ax=ax)
-    if baseline is not None:
-        ax.axhline(baseline, color="0.4", linestyle=":", linewidth=1.5, label="static embedding")
+    n = curves.known_id.nunique()
+    missing = "" if (n >= 2 or not band) else "; one fact: no confidence band"
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    highest = float("-inf")
+    for k, position in enumerate(order):
+        part = curves[curves.position == position]
+        if part.empty:
+            continue
+        line = mean_band(part, "layer", y)
+        highest = max(highest, float(line["mean"].max()))
+        main = position == "subject last"
+        draw_band(ax, line, "layer", _colour(position, POSITION_COLOURS, k), position,
+                  {"linewidth": 2.2 if main else 1.4}, band=band)
     if control:
-        line = curves[curves.position == "subject last"].groupby("layer").control_rate.mean()
-        if line.notna().any():
-            ax.plot(line.index, line.values, color="0.5", linewidth=1, linestyle="--", label=SUBJECT_LAST_CONTROL)
+        part = curves[curves.position == "subject last"]
+        line = mean_band(part, "layer", "control_rate") if "control_rate" in part else None
+        if line is not None and line["mean"].notna().any():
+            draw_band(ax, line, "layer", CONTROL, SUBJECT_LAST_CONTROL, CONTROL_STYLE, band=band)
         else:
             missing += "; no control (it needs two subjects with attribute sets)"
-    ax.legend(title="", fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    integer_layers(ax, "layer (hidden state entering it; 0 = the embeddings)")
+    if baseline is not None and baseline == baseline:
+        baseline_line(ax, baseline)
+        if highest < baseline:
+            missing += ("; the static embedding (dotted) lies above every curve: no position gains attributes "
+                        "under this measure")
+    handles, labels = ax.get_legend_handles_labels()
+    legend_below(ax, handles, labels, ncol=3, y=-0.24)
+    integer_layers(ax, "layer (the hidden state entering it; 0 = the embeddings)")
     ax.set(ylabel=ylabel, title=f"{model}: {title}")
-    caption(ax, note + missing)
+    caption(ax, note + (", 95% bands over facts" if band and n >= 2 else "") + missing)
     return fig
 
 
 def sublayer_knockouts(frame, *, model: str, variant: str, repr_layer: int, top_k: int, note: str):
-    """Notebook 02's knockout figure: the attributes rate at ``repr_layer`` (left) and the
+    """Notebook 02's knockout figure: the attributes rate after ``repr_layer`` (left) and the
     share of facts whose attribute is in the top ``top_k`` (right) per window start, for no
-    intervention and MLP / attention windows knocked out; dotted: the control."""
+    intervention and MLP / attention windows knocked out, each with its control (dashed, same
+    colour, one legend entry each). Windows that reach ``repr_layer`` and so knock out fewer
+    layers are shaded: their drop is not comparable with a full window's."""
     hue = ["no intervention", "MLP sublayers", "attention sublayers"]
-    palette = dict(zip(hue, sns.color_palette()))
-    errorbar, missing = bands(frame.known_id.nunique())
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    sns.lineplot(data=frame, x="start", y="attributes_rate", hue="condition", style="condition", hue_order=hue,
-                 style_order=hue, palette=palette, errorbar=errorbar, n_boot=200, seed=0, linewidth=2, ax=axes[0])
-    controls = frame.groupby(["condition", "start"]).control_rate.mean()
-    for condition, line in controls.groupby(level="condition"):
-        line = line.droplevel("condition")
-        axes[0].plot(line.index, line.values, color=palette[condition], linewidth=0.9, alpha=0.7, linestyle=":")
-    handles, labels = axes[0].get_legend_handles_labels()
-    if controls.notna().any():
-        handles.append(Line2D([], [], color="0.4", linewidth=0.9, linestyle=":"))
-        labels.append("dotted: the same, another subject's set (control)")
-    else:
+    palette = dict(zip(hue, [CONTROL, SUBJECT, NON_SUBJECT]))
+    palette["no intervention"] = "0.15"
+    n = frame.known_id.nunique()
+    missing = "" if n >= 2 else "; one fact: no confidence band"
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    has_control = False
+    for condition in hue:
+        part = frame[frame.condition == condition]
+        if part.empty:
+            continue
+        draw_band(axes[0], mean_band(part, "start", "attributes_rate"), "start", palette[condition], condition)
+        control = mean_band(part, "start", "control_rate")
+        if control["mean"].notna().any():
+            has_control = True
+            draw_band(axes[0], control, "start", palette[condition], f"{condition}, another subject's set (control)",
+                      CONTROL_STYLE)
+        top = mean_band(part, "start", "in_top")
+        draw_band(axes[1], top, "start", palette[condition], condition, band=False)
+    if not has_control:
         missing += "; no control (it needs two subjects with attribute sets)"
-    axes[0].get_legend().remove()
-    fig.legend(handles, labels, title="", fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 1.1), ncol=4,
-               frameon=False)
-    axes[0].set(ylabel=f"attributes rate at the output of layer {repr_layer} (%)",
-                title=f"{model}: sublayer knockouts ({variant})")
-    sns.lineplot(data=frame, x="start", y="in_top", hue="condition", style="condition", hue_order=hue,
-                 style_order=hue, palette=palette, errorbar=None, linewidth=2, ax=axes[1], legend=False)
-    axes[1].set(ylabel=f"attribute token in the top {top_k} (%)", title=f"{model}: the fact's own attribute")
+    handles, labels = axes[0].get_legend_handles_labels()
+    knocked = frame[frame.condition != "no intervention"]
+    if "n_knocked" in knocked and len(knocked):
+        sizes = knocked.groupby("start").n_knocked.max()
+        clipped = sizes[sizes < sizes.max()].index
+        for ax in axes:
+            for start in clipped:
+                ax.axvspan(start - 0.5, start + 0.5, color="0.9", zorder=0, linewidth=0)
+        if len(clipped):
+            handles.append(Patch(color="0.9"))
+            labels.append(f"windows clipped at layer {repr_layer} (fewer layers knocked out)")
+    legend_below(fig, handles, labels, ncol=3, y=0.08)
+    axes[0].set(ylabel=f"attributes rate after layer {repr_layer} (%)", title="the attributes rate")
+    axes[1].set(ylabel=f"attribute token in the top {top_k} (%)", title="the fact's own attribute")
+    fig.suptitle(f"{model}: sublayer knockouts ({variant}), read at the last subject token after layer {repr_layer}",
+                 fontsize=10)
     for ax in axes:
         integer_layers(ax, "first knocked-out layer of the window")
-    caption(axes[0], note + missing)
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
+    caption(axes[0], note + (", 95% bands over facts" if n >= 2 else "") + missing)
     return fig
 
 
-def information_flow_curves(data, *, model: str, k: int, groups, title: str, note: str):
+def information_flow_curves(data, *, model: str, k: int, groups, title: str, note: str, titles=None):
     """Notebook 01's figure: mean relative change per window centre, one panel per group of
-    source sets, 95% bands over facts."""
+    source sets (``titles``: one per panel), 95% bands over facts; each set keeps its colour
+    (:data:`SOURCE_COLOURS`) in every panel, and one legend below the panels."""
     errorbar, missing = bands(data.known_id.nunique())
     fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4), sharey=True, squeeze=False)
-    for ax, sets in zip(axes[0], groups):
+    palette = {s: _colour(s, SOURCE_COLOURS, i) for i, s in enumerate(dict.fromkeys(x for g in groups for x in g))}
+    handles, labels = [], []
+    for j, (ax, sets) in enumerate(zip(axes[0], groups)):
         part = data[data.source.isin(sets)]
-        sns.lineplot(data=part, x="layer", y="relative_change", hue="source", style="source", hue_order=list(sets),
-                     style_order=list(sets), errorbar=errorbar, seed=0, ax=ax)
+        sns.lineplot(data=part, x="layer", y="relative_change", hue="source", hue_order=list(sets), palette=palette,
+                     errorbar=errorbar, seed=0, ax=ax, linewidth=1.8, err_kws={"alpha": BAND_ALPHA})
         ax.axhline(0, color="0.3", lw=0.8)
         integer_layers(ax, f"centre of the {k}-layer window")
         ax.set_ylabel("% change in prediction probability")
-        sns.move_legend(ax, "lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, title=None, frameon=False)
-    fig.suptitle(f"{model}: {title}", y=1.04)
-    caption(axes[0][0], note + missing)
+        if titles:
+            ax.set_title(titles[j], fontsize=9)
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h), labels.append(lab)
+        ax.get_legend().remove()
+    legend_below(fig, handles, labels, ncol=len(labels), y=0.02)
+    fig.suptitle(f"{model}: {title}", fontsize=10)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    caption(axes[0][0], note + ("; 95% bands over facts" if not missing else missing))
     return fig
 
 
