@@ -67,3 +67,40 @@ def test_atlas_attributes_draws_each_models_control_and_baseline(control_lift):
         assert control.get_ydata()[-1] == pytest.approx(5.0 + [0.0, control_lift][panels.index(ax) == 1] * 5)
     gap = panels[1].texts[0].get_text()
     assert ("+0.0" in gap) == (control_lift == 2.0)  # the panel says how far the curve is over its control
+
+
+def test_token_labels_show_spaces_without_brackets():
+    labels = plotting.token_labels(["<bos>", "The", " Big", " Bang", "  "], [2, 3])
+    assert labels == ["0: <bos>", "1: The", "2: \u2423Big  (subject)", "3: \u2423Bang  (subject)", "4: \u2423\u2423"]
+    assert not any("[" in label or "'" in label for label in labels)
+
+
+def test_flow_example_shows_increases_on_a_scale_centred_at_zero():
+    heat = pd.DataFrame([[-90.0, -90.0], [-40.0, 2.0], [0.0, 0.0]], columns=[1, 2], index=["0: <bos>", "1: a", "2: b"])
+    fig = plotting.flow_example(heat, model="toy", title="t", k=3, has_sink=True)
+    mesh = fig.axes[0].collections[0]
+    plt.close(fig)
+    norm = mesh.norm
+    assert norm.vmin == -40.0 and norm.vmax == 2.0 and norm(0.0) == pytest.approx(0.5)  # the sink row left out
+    assert norm(2.0) == pytest.approx(1.0)  # a rise of 2% gets the full colour of its side, not near-white
+
+
+def test_extraction_heads_mark_skipped_layers():
+    by_head = pd.DataFrame({"layer": [23, 27, 28], "head": [4, 4, 2], "events": [6, 2, 1]})
+    fig = plotting.extraction_heads(by_head, model="toy", n_heads=5, n_events=9, note="")
+    ax = fig.axes[0]
+    gaps = [line.get_xdata()[0] for line in ax.get_lines()]
+    plt.close(fig)
+    assert gaps == [1]  # between 23 and 27, not between 27 and 28
+    assert "skipped" in ax.get_xlabel()
+
+
+def test_rate_by_position_draws_a_band_for_the_control_and_the_baseline_dotted():
+    data = _rates("m", 2.0, 1.0).table("attributes_rate")
+    fig = plotting.rate_by_position(data, "attributes_rate", model="m", title="t", ylabel="%", note="n",
+                                    order=["subject last"], baseline=5.0, control=True)
+    ax = fig.axes[0]
+    plt.close(fig)
+    assert len(ax.collections) == 2  # the curve's band and the control's
+    assert [line.get_linestyle() for line in ax.get_lines()] == ["-", "--", ":"]
+    assert ax.get_lines()[2].get_color() != ax.get_lines()[1].get_color()  # baseline and control tell apart

@@ -7,6 +7,7 @@ where there are at least two facts to draw them from (the caption says so otherw
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -14,11 +15,15 @@ import matplotlib
 if matplotlib.get_backend().lower() == "agg" or not matplotlib.get_backend():
     matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.colors import TwoSlopeNorm  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from ..paper.rules import depth  # noqa: E402
 from ..runs.results import output_dir  # noqa: E402
 
 sns.set_theme(context="paper", style="whitegrid", font_scale=1.1)
@@ -57,8 +62,6 @@ def mean_band(frame, x: str, y: str, unit: str = "known_id", n_boot: int = 200, 
     """Mean of ``y`` per ``x`` with a 95% bootstrap interval over ``unit`` (facts resampled with
     replacement, seeded): the bands of controls drawn by hand match seaborn's for the curves.
     Columns ``x``, ``mean``, ``low``, ``high``; no interval (NaN) with fewer than two facts."""
-    import numpy as np
-    import pandas as pd
 
     grid = frame.pivot_table(index=unit, columns=x, values=y)
     values = grid.to_numpy(dtype=float)
@@ -172,8 +175,8 @@ def sublayer_knockouts(frame, *, model: str, variant: str, repr_layer: int, top_
     colour, one legend entry each). Windows that reach ``repr_layer`` and so knock out fewer
     layers are shaded: their drop is not comparable with a full window's."""
     hue = ["no intervention", "MLP sublayers", "attention sublayers"]
-    palette = dict(zip(hue, [CONTROL, SUBJECT, NON_SUBJECT]))
-    palette["no intervention"] = "0.15"
+    palette = {"no intervention": "0.15", "MLP sublayers": SUBLAYER_COLOURS["MLP"],
+               "attention sublayers": SUBLAYER_COLOURS["attention"]}
     n = frame.known_id.nunique()
     missing = "" if n >= 2 else "; one fact: no confidence band"
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -243,9 +246,6 @@ def information_flow_curves(data, *, model: str, k: int, groups, title: str, not
     return fig
 
 
-__all__ = ["bands", "caption", "information_flow_curves", "integer_layers", "plt", "rate_by_position",
-           "save_figure", "sns", "sublayer_knockouts"]
-
 
 def mechanism_by_layer(mechanism, windows, *, model: str, n_layers: int, note: str):
     """Section 3 meets section 5 on one layer axis: notebook 01's mean change of the
@@ -304,7 +304,6 @@ def atlas_attributes(results, names, *, seed: int = 0, n_boot: int = 200):
     positions against another subject's attribute set (dashed, with its band: a curve no
     higher than it is not enrichment) and the static-embedding baseline (dotted). ``results``
     are :class:`utils.paper.ledger.ModelResults`; models without the table are left out."""
-    from ..paper.rules import depth
 
     ready = [r for r in results if r.table("attributes_rate") is not None and r.n_layers]
     order = {name: k for k, name in enumerate(names)}
@@ -400,9 +399,7 @@ def ledger_figure(long, texts=None):
     (claim -> the claim in words, e.g. :data:`utils.paper.rules.CLAIM_TEXT`), when given, labels
     the rows in a few words. Returns the figure and the grid of verdicts (claims x models) it
     drew, for tests."""
-    import textwrap
 
-    import pandas as pd
 
     main = long.drop_duplicates(["claim", "model"])
     claims = list(dict.fromkeys(main.claim))
@@ -445,3 +442,221 @@ def ledger_figure(long, texts=None):
     ax.set_title("The paper's claims, model by model: verdict (colour), main measure with its 95% interval "
                  "and unit, number of facts", fontsize=9, pad=22)
     return fig, verdicts
+
+
+# --------------------------------------------------------------------------------------
+# Notebooks 00, 01 and 03: the figures that were drawn in the notebooks' own cells
+
+SUBLAYER_COLOURS = {"attention": "#4c72b0", "MLP": "#dd8452"}
+SPACE = "\u2423"  # a visible space: a token's leading space shown, not hidden in quotes or brackets
+
+
+def token_labels(tokens, subject_positions) -> list[str]:
+    """Row labels for a per-token figure: the index, the token with its leading or trailing
+    spaces shown as ``␣`` (no quotes, no brackets), and "(subject)" on the subject's tokens."""
+    subject = set(subject_positions)
+    out = []
+    for i, token in enumerate(tokens):
+        text = token.replace("\n", "\\n")
+        stripped = text.strip(" ")
+        lead, trail = len(text) - len(text.lstrip(" ")), len(text) - len(text.rstrip(" "))
+        shown = SPACE * lead + stripped + SPACE * trail if stripped else SPACE * len(text)
+        out.append(f"{i}: {shown}" + ("  (subject)" if i in subject else ""))
+    return out
+
+
+def known_by_relation(by_relation, *, model: str, note: str):
+    """Notebook 00's accuracy per relation: one bar per relation (``by_relation`` indexed by
+    relation id with ``facts``, ``known``, ``accuracy``, ``example``), "known of facts" written
+    at every bar, and a bar of zero drawn as a visible tick so it does not read as a missing row."""
+
+
+    rows = by_relation.reset_index()
+    fig, ax = plt.subplots(figsize=(7.2, 0.36 * len(rows) + 1.4))
+    y = np.arange(len(rows))
+    ax.barh(y, rows.accuracy, color=NON_SUBJECT, height=0.7)
+    zero = rows.accuracy == 0
+    ax.scatter(np.zeros(zero.sum()), y[zero], marker="|", s=120, color=NON_SUBJECT, linewidths=2, zorder=3)
+    for k, row in rows.iterrows():
+        ax.annotate(f"{int(row.known)} of {int(row.facts)}", xy=(row.accuracy, k), xytext=(4, 0),
+                    textcoords="offset points", va="center", fontsize=7, color="0.25")
+    labels = [textwrap.shorten(f"{r[rows.columns[0]]}  {str(r.example).replace('{}', '_')}", 60, placeholder=" ...")
+              for _, r in rows.iterrows()]
+    ax.set_yticks(y, labels, fontsize=7)
+    ax.set(xlim=(0, 1.15), ylim=(len(rows) - 0.5, -0.5), xlabel="top-1 accuracy: share of the relation's facts known",
+           ylabel="relation (Wikidata id, example template)", title=f"{model}: known facts by relation")
+    ax.grid(axis="y", visible=False)
+    caption(ax, note + "; at each bar: known facts of the relation's facts")
+    return fig
+
+
+def flow_example(heat, *, model: str, title: str, k: int, has_sink: bool, note: str = ""):
+    """Notebook 01's one-fact map: % change of the prediction's probability per blocked
+    position (rows, labelled by :func:`token_labels`) and window centre, on a diverging scale
+    centred at 0 whose two sides are scaled separately, so a small increase shows as clearly as
+    a large drop. With an attention sink its row is left out of the scale (blocking the sink,
+    which every position attends to, hurts at every layer and would wash out the rest)."""
+
+    others = heat.iloc[1:] if has_sink else heat
+    low, high = min(-1.0, float(others.min().min())), max(1.0, float(others.max().max()))
+    fig, ax = plt.subplots(figsize=(7.5, 0.35 * len(heat) + 1.4))
+    sns.heatmap(heat, cmap="RdBu", norm=TwoSlopeNorm(vcenter=0, vmin=low, vmax=high), ax=ax,
+                cbar_kws={"label": "% change in prediction probability\n(red: drops, blue: rises)"})
+    ax.set(xlabel=f"centre of the {k}-layer window", ylabel="blocked position (␣ marks a space)",
+           title=f"{model}: {title}")
+    ax.tick_params(axis="y", labelsize=8)
+    sink = ""
+    if has_sink and heat.iloc[0].min() < low:
+        sink = (f"; row 0 is the attention sink: blocking it hurts everywhere (down to {heat.iloc[0].min():.0f}%), "
+                "so the colours are scaled to the other rows")
+    caption(ax, "the last position blocked from one position at a time" + sink + (f"; {note}" if note else ""))
+    return fig
+
+
+PROJECTION_WORDS = {"paper": "the paper's projection: the embedding matrix, no final norm",
+                    "logit_lens": "the logit lens: the final norm, then the unembedding"}
+
+
+def extraction_rate_by_layer(events, *, model: str, note: str):
+    """Notebook 03's extraction rate per layer for attention and MLP updates, one panel per
+    projection (``events``: rows with ``projection``, ``sublayer``, ``layer``, ``value``),
+    95% bands over facts; markers only where the rate is above zero, so the many empty layers
+    are a plain line."""
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 3.6), sharey=True)
+    for ax, mode in zip(axes, ["paper", "logit_lens"]):
+        part = events[events.projection == mode]
+        for name, colour in SUBLAYER_COLOURS.items():
+            rows = part[part.sublayer == name]
+            if rows.empty:
+                continue
+            line = mean_band(rows, "layer", "value")
+            draw_band(ax, line, "layer", colour, f"{name} updates")
+            shown = line[line["mean"] > 0]
+            ax.plot(shown["layer"], shown["mean"], "o", color=colour, markersize=4)
+        integer_layers(ax)
+        ax.set_title(PROJECTION_WORDS[mode], fontsize=9)
+    axes[0].set_ylabel("extraction rate (share of facts)")
+    legend_right(axes[1])
+    fig.suptitle(f"{model}: extraction events at the last position (the update ranks the prediction first)",
+                 fontsize=10)
+    fig.tight_layout()
+    caption(axes[0], note + "; 95% bands over facts")
+    return fig
+
+
+BLOCKED_KEY = {
+    "none": "nothing blocked",
+    "subject": "every subject token",
+    "subject-last": "the last subject token",
+    "non-subject ex. last": "the non-subject tokens, not the last",
+    "non-subject": "the non-subject tokens and the last itself",
+    "last": "the last position itself",
+    "subject-last + last": "the last subject token and the last",
+    "all but first": "every token but the first",
+    "all but last": "every token but the last",
+    "all but subject-last": "every token but the last subject token",
+    "all but subject-last + last": "every token but those two",
+    "all": "every token",
+}
+"""The edges from the last position that each of notebook 03's conditions removes (the
+official code's labels on the left)."""
+
+VARIANT_WORDS = {"official": "official: softmax applied again (the paper's code)",
+                 "renormalised": "renormalised: the kept weights rescaled to sum to 1"}
+
+
+def extraction_blocked(shares, order, *, model: str, n_events: int, note: str):
+    """Notebook 03's blocking at the extracting layer: per condition (rows, with a key to what
+    each blocks) and variant (the paper's named), the share of the ``n_events`` attention
+    extraction events that survive; ``shares`` has ``condition``, ``variant``, ``value``."""
+
+    conditions = [c for c in order if c in set(shares.condition)]
+    variants = [v for v in VARIANT_WORDS if v in set(shares.variant)]
+    fig, ax = plt.subplots(figsize=(8, 0.42 * len(conditions) + 1.6))
+    y = np.arange(len(conditions))
+    height = 0.8 / max(len(variants), 1)
+    for j, (variant, colour) in enumerate(zip(variants, [NON_SUBJECT, "#dd8452"])):
+        values = shares[shares.variant == variant].set_index("condition").value.reindex(conditions)
+        bars = ax.barh(y + (j - (len(variants) - 1) / 2) * height, values, height=height, color=colour,
+                       label=VARIANT_WORDS[variant])
+        ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=2)
+    ax.set_yticks(y, [f"{c}  ({BLOCKED_KEY.get(c, c)})" for c in conditions], fontsize=7.5)
+    ax.set(xlim=(0, 1.12), ylim=(len(conditions) - 0.5, -0.5),
+           xlabel=f"share of the {n_events} extraction events that survive (denominator: events, not facts)",
+           ylabel="edges from the last position blocked", title=f"{model}: blocking at the extracting layer")
+    ax.grid(axis="y", visible=False)
+    legend_below(ax, *ax.get_legend_handles_labels(), ncol=2, y=-0.12)
+    caption(ax, note)
+    return fig
+
+
+def extraction_patched(patched, *, model: str, unpatched: float, sources, note: str):
+    """Notebook 03's patching: the share of facts where attention still extracts after the
+    positions in ``positions`` get the hidden state of an early ``source_layer``; the source
+    layers (e.g. 0, 1, 2, 4, 8) on a categorical axis, evenly spaced, as the sweep chose them;
+    the unpatched share dashed (the control); the legend beside the axes."""
+    order = list(sources)
+    where = {layer: k for k, layer in enumerate(order)}
+    frame = patched.assign(slot=patched.source_layer.map(where))
+    fig, ax = plt.subplots(figsize=(6.6, 3.6))
+    colours = {"subject": SUBJECT, "non-subject": NON_SUBJECT, "last": LAST}
+    for k, (positions, part) in enumerate(frame.groupby("positions", sort=False)):
+        line = mean_band(part, "slot", "extracted")
+        colour = colours.get(positions, sns.color_palette()[k + 3])
+        draw_band(ax, line, "slot", colour, f"{positions} positions patched")
+        ax.plot(line["slot"], line["mean"], "o", color=colour, markersize=4)
+    ax.axhline(unpatched, color=CONTROL, label="no patching (control)", **CONTROL_STYLE)
+    ax.set_xticks(range(len(order)), [str(s) for s in order])
+    ax.set(xlabel="patched with the hidden state entering layer (0 = the embeddings; not evenly spaced)",
+           ylabel="share of facts where attention extracts", title=f"{model}: extraction after patching early states")
+    legend_right(ax)
+    caption(ax, note + "; 95% bands over facts")
+    return fig
+
+
+def extraction_heads(by_head, *, model: str, n_heads: int, n_events: int, note: str):
+    """Notebook 03's heads: per head (rows) and layer (columns, only layers where some head
+    extracts alone), the number of events the head carries; a thick line between two columns
+    whose layers are not adjacent, and the axis says so."""
+    counts = by_head.pivot(index="head", columns="layer", values="events").fillna(0)
+    counts = counts.reindex(range(n_heads), fill_value=0).astype(int).sort_index(axis=1)
+    fig, ax = plt.subplots(figsize=(max(5, 0.8 * counts.shape[1] + 2.5), max(3.5, 0.4 * n_heads + 1.5)))
+    sns.heatmap(counts, annot=True, fmt="d", cmap="Purples", cbar=False, ax=ax, annot_kws={"fontsize": 10})
+    layers = list(counts.columns)
+    gaps = [j for j in range(1, len(layers)) if layers[j] - layers[j - 1] > 1]
+    for j in gaps:
+        ax.axvline(j, color="black", linewidth=3)
+    label = "layer" + (" (only layers with such events; a thick line: layers skipped)" if gaps else "")
+    ax.set(xlabel=label, ylabel="head", title=f"{model}: extraction events a single head carries")
+    caption(ax, f"{n_events} attention extraction events; {note}")
+    return fig
+
+
+def extraction_subject_rank(ranks, *, model: str, note: str):
+    """Notebook 03's rank of the extracted attribute in the last-subject representation, at
+    the output and at the input of the extracting layer: step histograms on the same
+    logarithmic bins, the legend beside the axes."""
+
+    labels = {"subject_rank": "output of layer ℓ (official)", "subject_rank_input": "input of layer ℓ"}
+    frame = ranks.assign(rank=ranks.value + 1, state=ranks.measure.map(labels))
+    edges = np.logspace(0, np.log10(max(float(frame["rank"].max()), 10.0)) + 1e-9, 25)
+    fig, ax = plt.subplots(figsize=(6.6, 3.3))
+    for (name, colour, style) in [(labels["subject_rank"], SUBJECT, "-"), (labels["subject_rank_input"], CONTROL, "--")]:
+        part = frame[frame.state == name]
+        if len(part):
+            ax.hist(part["rank"], bins=edges, histtype="step", color=colour, linestyle=style, linewidth=1.6,
+                    label=name)
+    ax.set_xscale("log")
+    ax.set(xlabel="rank of the attribute + 1 (log scale; the same bins for both)", ylabel="extraction events",
+           title=f"{model}: the attribute in the last-subject representation")
+    legend_right(ax)
+    caption(ax, note)
+    return fig
+
+
+__all__ = ["BASELINE", "CONTROL", "LAST", "NON_SUBJECT", "SUBJECT", "VERDICT_COLOURS", "atlas_attributes",
+           "atlas_extraction", "atlas_flow", "bands", "caption", "extraction_blocked", "extraction_heads",
+           "extraction_patched", "extraction_rate_by_layer", "extraction_subject_rank", "flow_example",
+           "information_flow_curves", "integer_layers", "known_by_relation", "ledger_figure", "mean_band",
+           "mechanism_by_layer", "plt", "rate_by_position", "save_figure", "sns", "sublayer_knockouts",
+           "token_labels"]
