@@ -104,3 +104,16 @@ def test_rate_by_position_draws_a_band_for_the_control_and_the_baseline_dotted()
     assert len(ax.collections) == 2  # the curve's band and the control's
     assert [line.get_linestyle() for line in ax.get_lines()] == ["-", "--", ":"]
     assert ax.get_lines()[2].get_color() != ax.get_lines()[1].get_color()  # baseline and control tell apart
+
+
+@pytest.mark.parametrize("differs", [False, True])
+def test_information_flow_sink_draws_one_row_when_both_sink_choices_agree(differs):
+    rows = [{"known_id": f, "source": s, "layer": layer, "relative_change": -10.0 * (s == "subject") + f,
+             "subject": "starts the prompt"} for f in range(3) for s in ("subject", "last") for layer in range(4)]
+    one = pd.DataFrame(rows)
+    other = one.assign(relative_change=one.relative_change - 5.0 * differs)
+    both = pd.concat([one.assign(sets="sink kept out"), other.assign(sets="official sets")], ignore_index=True)
+    fig = plotting.information_flow_sink(both, model="toy", k=3)
+    panels = [ax for ax in fig.axes if ax.get_lines()]
+    plt.close(fig)
+    assert len(panels) == (2 if differs else 1)

@@ -258,7 +258,7 @@ def mechanism_by_layer(mechanism, windows, *, model: str, n_layers: int, note: s
     per_layer = mechanism[mechanism.layer >= 0]
     fig, ax = plt.subplots(figsize=(max(6.5, 0.38 * n_layers + 2), 3.8))
     width = 0.38
-    colours = {"need the subject": "C3", "need only the last position": "C0"}
+    colours = {"need the subject": SUBJECT, "need only the last position": LAST}
     labels = {"need the subject": "events that need the subject (blocked last → subject: stop)",
               "need only the last position": "events that need only the last position (all but last: survive)"}
     for k, (column, colour) in enumerate(colours.items()):
@@ -277,14 +277,14 @@ def mechanism_by_layer(mechanism, windows, *, model: str, n_layers: int, note: s
         for centre in windows[windows.hurts].layer:
             ax.axvspan(centre - 0.5, centre + 0.5, color="0.85", zorder=0)
         flow = ax.twinx()
-        flow.plot(windows.layer, windows.mean_change, color="0.2", marker="o", markersize=3, linewidth=1)
+        flow.plot(windows.layer, windows.mean_change, color=CONTROL, marker="o", markersize=3, linewidth=1)
         flow.axhline(0, color="0.6", linewidth=0.6)
         flow.set_ylabel("notebook 01: mean change (%) of the prediction,\nlast → subject blocked (window centre)")
         flow.grid(False)
-        handles += [Line2D([], [], color="0.2", marker="o", markersize=3, linewidth=1),
+        handles += [Line2D([], [], color=CONTROL, marker="o", markersize=3, linewidth=1),
                     Patch(color="0.85")]
         names += ["notebook 01: last → subject blocked (right axis)", "window centres where that hurts"]
-    ax.legend(handles, names, fontsize=6.5, loc="upper left", bbox_to_anchor=(0, -0.3), ncol=2, frameon=False)
+    legend_below(ax, handles, names, ncol=2, y=-0.3)
     caption(ax, f"{note}; above each layer: its number of extraction events")
     return fig, ax
 
@@ -472,7 +472,7 @@ def known_by_relation(by_relation, *, model: str, note: str):
 
 
     rows = by_relation.reset_index()
-    fig, ax = plt.subplots(figsize=(7.2, 0.36 * len(rows) + 1.4))
+    fig, ax = plt.subplots(figsize=(7.2, max(2.6, 0.36 * len(rows) + 1.4)))
     y = np.arange(len(rows))
     ax.barh(y, rows.accuracy, color=NON_SUBJECT, height=0.7)
     zero = rows.accuracy == 0
@@ -484,7 +484,8 @@ def known_by_relation(by_relation, *, model: str, note: str):
               for _, r in rows.iterrows()]
     ax.set_yticks(y, labels, fontsize=7)
     ax.set(xlim=(0, 1.15), ylim=(len(rows) - 0.5, -0.5), xlabel="top-1 accuracy: share of the relation's facts known",
-           ylabel="relation (Wikidata id, example template)", title=f"{model}: known facts by relation")
+           title=f"{model}: known facts by relation")
+    ax.set_ylabel("relation (Wikidata id, example template)", fontsize=8)
     ax.grid(axis="y", visible=False)
     caption(ax, note + "; at each bar: known facts of the relation's facts")
     return fig
@@ -657,6 +658,46 @@ def extraction_subject_rank(ranks, *, model: str, note: str):
 __all__ = ["BASELINE", "CONTROL", "LAST", "NON_SUBJECT", "SUBJECT", "VERDICT_COLOURS", "atlas_attributes",
            "atlas_extraction", "atlas_flow", "bands", "caption", "extraction_blocked", "extraction_heads",
            "extraction_patched", "extraction_rate_by_layer", "extraction_subject_rank", "flow_example",
-           "information_flow_curves", "integer_layers", "known_by_relation", "ledger_figure", "mean_band",
+           "information_flow_curves", "information_flow_sink", "integer_layers", "known_by_relation", "ledger_figure", "mean_band",
            "mechanism_by_layer", "plt", "rate_by_position", "save_figure", "sns", "sublayer_knockouts",
            "token_labels"]
+
+
+def information_flow_sink(both, *, model: str, k: int):
+    """Notebook 01's two sink choices (rows, column ``sets``) by subject placement (columns,
+    ``subject``), in the main figure's colours and legend. Where the two choices give the same
+    curves (a tokenizer that adds no sink token, say) one row is drawn and the caption says
+    so, instead of a second identical row. Each panel's title gives its number of facts."""
+    rows = list(dict.fromkeys(both.sets))
+    means = {r: both[both.sets == r].groupby(["subject", "source", "layer"]).relative_change.mean() for r in rows}
+    same = len(rows) == 2 and means[rows[0]].index.equals(means[rows[1]].index) and np.allclose(
+        means[rows[0]].to_numpy(), means[rows[1]].to_numpy(), equal_nan=True)
+    shown = rows[:1] if same else rows
+    cols = list(dict.fromkeys(both.subject))
+    sources = list(dict.fromkeys(both.source))
+    palette = {s: _colour(s, SOURCE_COLOURS, i) for i, s in enumerate(sources)}
+    fig, axes = plt.subplots(len(shown), len(cols), figsize=(4.8 * len(cols), 3.1 * len(shown) + 0.6), sharey=True,
+                             squeeze=False)
+    for i, row in enumerate(shown):
+        for j, col in enumerate(cols):
+            ax = axes[i][j]
+            part = both[(both.sets == row) & (both.subject == col)]
+            n = part.known_id.nunique()
+            sns.lineplot(data=part, x="layer", y="relative_change", hue="source", hue_order=sources, palette=palette,
+                         errorbar=("ci", 95) if n >= 2 else None, seed=0, ax=ax, linewidth=1.8,
+                         err_kws={"alpha": BAND_ALPHA}, legend=(i == 0 and j == 0))
+            ax.axhline(0, color="0.3", lw=0.8)
+            integer_layers(ax, f"centre of the {k}-layer window")
+            ax.set_ylabel("% change in prediction probability" if j == 0 else "")
+            ax.set_title(f"{row}\nsubject {col}: {n} facts{' (no band)' if n < 2 else ''}", fontsize=9)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if axes[0][0].get_legend():
+        axes[0][0].get_legend().remove()
+    legend_below(fig, handles, labels, ncol=len(labels), y=0.02)
+    fig.suptitle(f"{model}: the sink kept out of the sets vs the official sets", fontsize=10)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    note = f"{both.known_id.nunique()} facts; 95% bands over facts"
+    if same:
+        note += f"; the two sink choices give the same curves here, so one row is shown ({' = '.join(rows)})"
+    caption(axes[-1][0], note)
+    return fig
