@@ -377,15 +377,30 @@ def atlas_flow(flow, results, names, *, seed: int = 0):
 
 
 def atlas_extraction(extraction, results, names, *, seed: int = 0):
-    """The attention extraction rate per model on relative depth (``extraction`` is
-    :func:`utils.paper.ledger.extraction_by_depth` for all models)."""
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    sns.lineplot(data=extraction, x="depth", y="value", hue="model", hue_order=names, errorbar=("ci", 95),
-                 n_boot=200, seed=seed, ax=ax, err_kws={"alpha": BAND_ALPHA})
+    """The extraction rate per model on relative depth: attention updates (solid, from
+    ``extraction``, :func:`utils.paper.ledger.extraction_by_depth` for all models) and, since
+    the claim is attention against MLP, each model's MLP updates too (dashed, same colour, read
+    from its ``extraction_layers`` table with the same projection)."""
+    fig, ax = plt.subplots(figsize=(6.8, 3.8))
+    palette = dict(zip(names, sns.color_palette()))
+    for r in results:
+        if r.model not in palette:
+            continue
+        attn = extraction[extraction.model == r.model]
+        if len(attn):
+            draw_band(ax, mean_band(attn, "depth", "value", seed=seed), "depth", palette[r.model],
+                      f"{r.model}: attention")
+        t = r.table("extraction_layers")
+        if t is not None and r.n_layers:
+            mlp = t[(t.measure == "mlp") & (t.projection == r.projection)]
+            if len(mlp):
+                mlp = mlp.assign(depth=depth(mlp.layer, r.n_layers))
+                draw_band(ax, mean_band(mlp, "depth", "value", seed=seed), "depth", palette[r.model],
+                          f"{r.model}: MLP", CONTROL_STYLE)
     _depth_axis(ax, "share of facts")
     legend_right(ax)
-    ax.set_title("Attention extraction rate by relative depth: the share of facts whose attention update\n"
-                 "at the last position ranks the predicted token first", fontsize=9)
+    ax.set_title("Extraction rate by relative depth: the share of facts whose attention (solid) or MLP (dashed)\n"
+                 "update at the last position ranks the predicted token first", fontsize=9)
     caption(ax, "95% bands over facts; " + "; ".join(f"{r.model}: {r.projection} projection" for r in results))
     return fig
 
