@@ -127,6 +127,18 @@ def _colour(name, table, k):
     return table.get(name, sns.color_palette()[k % 10])
 
 
+def _spans(layers) -> str:
+    """Layers as runs: [0, 1, 2, 5] -> "0-2, 5"."""
+    runs, start = [], None
+    for k, layer in enumerate(layers):
+        if start is None:
+            start = layer
+        if k + 1 == len(layers) or layers[k + 1] != layer + 1:
+            runs.append(f"{start}-{layer}" if layer != start else f"{layer}")
+            start = None
+    return ", ".join(runs)
+
+
 def rate_by_position(data, y: str, *, model: str, title: str, ylabel: str, note: str, order,
                      baseline: float | None = None, control: bool = False, band: bool = True):
     """Notebook 02's curves: one line per position over the layers of ``data`` (rows with
@@ -138,13 +150,14 @@ def rate_by_position(data, y: str, *, model: str, title: str, ylabel: str, note:
     n = curves.known_id.nunique()
     missing = "" if (n >= 2 or not band) else "; one fact: no confidence band"
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    highest = float("-inf")
+    highest = None  # per layer, the highest position's mean
     for k, position in enumerate(order):
         part = curves[curves.position == position]
         if part.empty:
             continue
         line = mean_band(part, "layer", y)
-        highest = max(highest, float(line["mean"].max()))
+        means = line.set_index("layer")["mean"]
+        highest = means if highest is None else np.fmax(highest, means.reindex(highest.index))
         main = position == "subject last"
         draw_band(ax, line, "layer", _colour(position, POSITION_COLOURS, k), position,
                   {"linewidth": 2.2 if main else 1.4}, band=band)
@@ -157,9 +170,13 @@ def rate_by_position(data, y: str, *, model: str, title: str, ylabel: str, note:
             missing += "; no control (it needs two subjects with attribute sets)"
     if baseline is not None and baseline == baseline:
         baseline_line(ax, baseline)
-        if highest < baseline:
+        below = [] if highest is None else [int(layer) for layer, v in highest.items() if v < baseline]
+        if below and len(below) == len(highest):
             missing += ("; the static embedding (dotted) lies above every curve: no position gains attributes "
                         "under this measure")
+        elif below:
+            missing += (f"; at layers {_spans(below)} the static embedding (dotted) lies above every position's "
+                        "curve")
     handles, labels = ax.get_legend_handles_labels()
     legend_below(ax, handles, labels, ncol=3, y=-0.24)
     integer_layers(ax, "layer (the hidden state entering it; 0 = the embeddings)")
