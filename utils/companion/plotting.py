@@ -538,11 +538,13 @@ def flow_example(heat, *, model: str, title: str, k: int, has_sink: bool, note: 
     ax.set(xlabel=f"centre of the {k}-layer window", ylabel="blocked position (␣ marks a space)",
            title=f"{model}: {title}")
     ax.tick_params(axis="y", labelsize=8)
+    bar = ax.collections[0].colorbar  # ticks on both sides: the two sides have their own scales
+    bar.set_ticks(sorted({round(float(v), 1) for v in np.r_[np.linspace(low, 0, 4), np.linspace(0, high, 3)]}))
     sink = ""
     if has_sink and heat.iloc[0].min() < low:
         sink = (f"; row 0 is the attention sink: blocking it hurts everywhere (down to {heat.iloc[0].min():.0f}%), "
                 "so the colours are scaled to the other rows")
-    caption(ax, "the last position blocked from one position at a time" + sink + (f"; {note}" if note else ""))
+    caption(ax, "the last position blocked from one position at a time; drops and rises have their own colour scales" + sink + (f"; {note}" if note else ""))
     return fig
 
 
