@@ -544,7 +544,8 @@ def flow_example(heat, *, model: str, title: str, k: int, has_sink: bool, note: 
     if has_sink and heat.iloc[0].min() < low:
         sink = (f"; row 0 is the attention sink: blocking it hurts everywhere (down to {heat.iloc[0].min():.0f}%), "
                 "so the colours are scaled to the other rows")
-    caption(ax, "the last position blocked from one position at a time; drops and rises have their own colour scales" + sink + (f"; {note}" if note else ""))
+    caption(ax, "the last position blocked from one position at a time; drops and rises have their own colour scales"
+            + sink + (f"; {note}" if note else ""))
     return fig
 
 
@@ -676,7 +677,8 @@ def extraction_subject_rank(ranks, *, model: str, note: str):
     frame = ranks.assign(rank=ranks.value + 1, state=ranks.measure.map(labels))
     edges = np.logspace(0, np.log10(max(float(frame["rank"].max()), 10.0)) + 1e-9, 25)
     fig, ax = plt.subplots(figsize=(6.6, 3.3))
-    for (name, colour, style) in [(labels["subject_rank"], SUBJECT, "-"), (labels["subject_rank_input"], CONTROL, "--")]:
+    lines = [(labels["subject_rank"], SUBJECT, "-"), (labels["subject_rank_input"], CONTROL, "--")]
+    for name, colour, style in lines:
         part = frame[frame.state == name]
         if len(part):
             ax.hist(part["rank"], bins=edges, histtype="step", color=colour, linestyle=style, linewidth=1.6,
@@ -692,7 +694,8 @@ def extraction_subject_rank(ranks, *, model: str, note: str):
 __all__ = ["BASELINE", "CONTROL", "LAST", "NON_SUBJECT", "SUBJECT", "VERDICT_COLOURS", "atlas_attributes",
            "atlas_extraction", "atlas_flow", "bands", "caption", "extraction_blocked", "extraction_heads",
            "extraction_patched", "extraction_rate_by_layer", "extraction_subject_rank", "flow_example",
-           "information_flow_curves", "information_flow_sink", "integer_layers", "known_by_relation", "ledger_figure", "mean_band",
+           "information_flow_curves", "information_flow_sink", "integer_layers", "known_by_relation", "ledger_figure",
+           "mean_band",
            "mechanism_by_layer", "plt", "rate_by_position", "save_figure", "sns", "sublayer_knockouts",
            "token_labels"]
 
