@@ -2,7 +2,12 @@
 
 One visual language: layers counted from 0 (the paper's figures plot l + 1), every figure
 titled with the model, controls in the legend, captions in words, confidence bands only
-where there are at least two facts to draw them from (the caption says so otherwise).
+where there are at least two facts to draw them from (the caption says so otherwise). The
+style constants below (SUBJECT, NON_SUBJECT, LAST, CONTROL, BASELINE, CONTROL_STYLE,
+BASELINE_STYLE, BAND_ALPHA, LEGEND) are used by every function, so a dashed grey line with a
+band is a control and a dotted purple one the static baseline in every figure, and legends sit
+beside or below the axes, never over the data. Every figure of notebooks 00-04 is drawn here,
+so it can be checked on the committed results tables without running a model.
 """
 
 from __future__ import annotations
