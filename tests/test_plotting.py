@@ -49,7 +49,8 @@ def _rates(model, lift, control_lift):
                      "control_rate": None})
         for layer in range(6):
             rows.append({"known_id": fact, "position": "subject last", "layer": layer,
-                         "attributes_rate": 5.0 + lift * layer + fact - 1.5, "control_rate": 5.0 + control_lift * layer})
+                         "attributes_rate": 5.0 + lift * layer + fact - 1.5,
+                         "control_rate": 5.0 + control_lift * layer})
     return ModelResults(model, {"attributes_rate": pd.DataFrame(rows)}, n_layers=6)
 
 

@@ -2,7 +2,12 @@
 
 One visual language: layers counted from 0 (the paper's figures plot l + 1), every figure
 titled with the model, controls in the legend, captions in words, confidence bands only
-where there are at least two facts to draw them from (the caption says so otherwise).
+where there are at least two facts to draw them from (the caption says so otherwise). The
+style constants below (SUBJECT, NON_SUBJECT, LAST, CONTROL, BASELINE, CONTROL_STYLE,
+BASELINE_STYLE, BAND_ALPHA, LEGEND) are used by every function, so a dashed grey line with a
+band is a control and a dotted purple one the static baseline in every figure, and legends sit
+beside or below the axes, never over the data. Every figure of notebooks 00-04 is drawn here,
+so it can be checked on the committed results tables without running a model.
 """
 
 from __future__ import annotations
@@ -538,11 +543,14 @@ def flow_example(heat, *, model: str, title: str, k: int, has_sink: bool, note: 
     ax.set(xlabel=f"centre of the {k}-layer window", ylabel="blocked position (␣ marks a space)",
            title=f"{model}: {title}")
     ax.tick_params(axis="y", labelsize=8)
+    bar = ax.collections[0].colorbar  # ticks on both sides: the two sides have their own scales
+    bar.set_ticks(sorted({round(float(v), 1) for v in np.r_[np.linspace(low, 0, 4), np.linspace(0, high, 3)]}))
     sink = ""
     if has_sink and heat.iloc[0].min() < low:
         sink = (f"; row 0 is the attention sink: blocking it hurts everywhere (down to {heat.iloc[0].min():.0f}%), "
                 "so the colours are scaled to the other rows")
-    caption(ax, "the last position blocked from one position at a time" + sink + (f"; {note}" if note else ""))
+    caption(ax, "the last position blocked from one position at a time; drops and rises have their own colour scales"
+            + sink + (f"; {note}" if note else ""))
     return fig
 
 
@@ -674,7 +682,8 @@ def extraction_subject_rank(ranks, *, model: str, note: str):
     frame = ranks.assign(rank=ranks.value + 1, state=ranks.measure.map(labels))
     edges = np.logspace(0, np.log10(max(float(frame["rank"].max()), 10.0)) + 1e-9, 25)
     fig, ax = plt.subplots(figsize=(6.6, 3.3))
-    for (name, colour, style) in [(labels["subject_rank"], SUBJECT, "-"), (labels["subject_rank_input"], CONTROL, "--")]:
+    lines = [(labels["subject_rank"], SUBJECT, "-"), (labels["subject_rank_input"], CONTROL, "--")]
+    for name, colour, style in lines:
         part = frame[frame.state == name]
         if len(part):
             ax.hist(part["rank"], bins=edges, histtype="step", color=colour, linestyle=style, linewidth=1.6,
@@ -690,7 +699,8 @@ def extraction_subject_rank(ranks, *, model: str, note: str):
 __all__ = ["BASELINE", "CONTROL", "LAST", "NON_SUBJECT", "SUBJECT", "VERDICT_COLOURS", "atlas_attributes",
            "atlas_extraction", "atlas_flow", "bands", "caption", "extraction_blocked", "extraction_heads",
            "extraction_patched", "extraction_rate_by_layer", "extraction_subject_rank", "flow_example",
-           "information_flow_curves", "information_flow_sink", "integer_layers", "known_by_relation", "ledger_figure", "mean_band",
+           "information_flow_curves", "information_flow_sink", "integer_layers", "known_by_relation", "ledger_figure",
+           "mean_band",
            "mechanism_by_layer", "plt", "rate_by_position", "save_figure", "sns", "sublayer_knockouts",
            "token_labels"]
 
