@@ -228,7 +228,7 @@ def test_make_reproduce_passes_device_and_dtype_to_prepare():
 
     out = subprocess.run(["make", "-n", "reproduce", "MODEL=acme/m", "DEVICE=cuda", "DTYPE=bfloat16"],
                          capture_output=True, text=True, cwd=ROOT, check=True).stdout
-    assert "-m utils.core.sources prepare acme/m --device cuda --dtype bfloat16" in out
+    assert "-m utils.core.sources prepare \"acme/m\" --device cuda --dtype bfloat16" in out  # quoted: a path may hold spaces
 
 
 @pytest.mark.slow

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -206,9 +208,6 @@ def check_folder(name: str) -> Path | None:
 
 def _check_safetensors(file: Path) -> None:
     """A safetensors file is complete: its header parses and its tensors end where the file does."""
-    import json
-    import struct
-
     size = file.stat().st_size
     problem = None
     with open(file, "rb") as f:
