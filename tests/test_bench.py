@@ -17,14 +17,15 @@ def test_bench_rows_and_the_equality_guard(smollm, monkeypatch, capsys):
     assert row.max_abs_diff < bench.TOLERANCE and row.ratio > 1 and 0 <= row.host_share < 1
     assert table.attrs["host_at_start"]["cpu_count"] >= 1
 
-    real = bench.flow_of_fact
-
-    def perturbed(lm, fact, settings):
-        return [{**r, "p_new": r["p_new"] + 1e-4} for r in real(lm, fact, settings)]
-
-    monkeypatch.setattr(bench, "flow_of_fact", perturbed)
+    # the guard: a batched sweep 1e-4 off the loop gets no ratio
+    fact = {"known_id": 0, "input_ids": smollm.encode("Michael Jordan plays the sport of", prepend_sink=True),
+            "subject_positions": [1, 2], "subject_first": 1, "has_sink": True}
+    fact["n_tokens"] = len(fact["input_ids"])
+    sweep = bench.sweeps(smollm)[1]
+    real = sweep.batched
+    sweep.batched = lambda f: [{**r, "p_new": r["p_new"] + 1e-4} for r in real(f)]
     with pytest.raises(AssertionError, match="differs from the loop"):
-        bench.main(["--n-facts", "1", "--only", "sink comparison"])
+        bench.measure(smollm, sweep, [fact], profile_host=False)
 
 
 def test_every_notebook_sweep_is_benchmarked(smollm):

@@ -38,6 +38,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 import transformers
+from matplotlib.figure import Figure
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..core import batching
@@ -153,12 +154,8 @@ def scale_rows(name: str, n_facts: int, loop: bool, rates: dict, tok=None, devic
 
 
 def plot(table: pd.DataFrame, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))  # no pyplot: no backend, nothing left open
+    ax = fig.subplots()
     for sweep, group in table.groupby("sweep", sort=False):
         group = group.sort_values("params_m")
         ax.plot(group.params_m, group.s_per_fact, marker="o", label=sweep)
@@ -168,7 +165,6 @@ def plot(table: pd.DataFrame, path: Path) -> Path:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
