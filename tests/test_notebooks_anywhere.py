@@ -36,6 +36,7 @@ TABLES = {  # a table each notebook writes
     "02_subject_enrichment.ipynb": "attribute_coverage",
     "03_attribute_extraction.ipynb": "extraction_layers",
     "04_paper_vs_models.ipynb": "ledger",  # across models: results/ledger.csv
+    "05_dissect_your_fact.ipynb": "dissection_example",
 }
 
 

@@ -45,6 +45,7 @@ TABLES = {  # a table each notebook writes, and what it must hold
     "03_attribute_extraction.ipynb": ("extraction_layers", lambda t, n: t.known_id.nunique() == n),
     # the ledger spans models (results/ledger.csv): a row for every claim, and claim 7 read from 03's table
     "04_paper_vs_models.ipynb": ("ledger", lambda t, n: t.claim.nunique() == 13 and (t[t.claim == "7"].n == n).all()),
+    "05_dissect_your_fact.ipynb": ("dissection_example", lambda t, n: set(t.step) == {"flow", "enrichment", "extraction"}),
 }
 
 
