@@ -156,7 +156,7 @@ def check_head_mapping(fn, lm=None) -> None:
     layer = _event_layer(lm, fact)
     embeddings = token_embeddings(lm, tokens)
     mapped = value_output(lm, layer, embeddings)  # (T, H, d)
-    group = lm.n_heads // lm.config.num_key_value_heads
+    group = lm.n_heads // lm.n_kv_heads
     values = run(lm, torch.zeros(1, len(tokens), dtype=torch.long), [[PatchHidden(layer, range(len(tokens)), embeddings)]],
                  capture=Capture(layers=[layer], values=True)).acts["values"][0, 0]  # (H_kv, T, head_dim)
     w_o = lm.sub(layer, lm.arch.attn_out).weight.float()
@@ -168,13 +168,13 @@ def check_head_mapping(fn, lm=None) -> None:
                 continue
             hint = ("norm the token's embedding with the layer's input norm, apply the value projection of the head's "
                     "key-value group, then the head's slice of the output projection, then the logit lens.")
-            wrong_group = head % lm.config.num_key_value_heads
+            wrong_group = head % lm.n_kv_heads
             slice_ = w_o[:, head * lm.head_dim:(head + 1) * lm.head_dim]
             if wrong_group != head // group and _close(got, project(lm, slice_ @ values[wrong_group, t].float(),
                                                                    "logit_lens"), 1e-3):
-                hint = (f"grouped-query attention: {lm.n_heads} query heads share {lm.config.num_key_value_heads} "
+                hint = (f"grouped-query attention: {lm.n_heads} query heads share {lm.n_kv_heads} "
                         f"key-value heads in blocks of {group}, so head h reads value head h // {group}, not "
-                        f"h % {lm.config.num_key_value_heads}.")
+                        f"h % {lm.n_kv_heads}.")
             _fail(ex, f"head {head} of layer {layer}, token {lm.tokenizer.decode([token])!r}",
                   _tokens(lm, expected.topk(5).indices.tolist()), _tokens(lm, got.topk(5).indices.tolist()),
                   "(top 5 tokens shown) " + hint)
