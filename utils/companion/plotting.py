@@ -13,6 +13,7 @@ so it can be checked on the committed results tables without running a model.
 from __future__ import annotations
 
 import textwrap
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -27,6 +28,14 @@ from matplotlib.colors import TwoSlopeNorm  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+# Two warnings that tell a reader nothing, printed (with the machine's absolute paths) under figures
+# of executed notebooks: tokens in scripts the default font lacks (a top-token label in Bengali is
+# drawn as a box, which the label's text in the tables shows in full), and matplotlib's colour-bar
+# layout dividing by a zero-height extension when a two-slope norm clips a row (the sink's).
+warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font", category=UserWarning)
+warnings.filterwarnings("ignore", message="invalid value encountered in scalar multiply", category=RuntimeWarning,
+                        module="matplotlib.transforms")
 
 from ..paper.rules import depth  # noqa: E402
 from ..runs.results import output_dir  # noqa: E402
