@@ -210,7 +210,13 @@ def _copy_notebook(path: Path, dest: Path, chapter: bool = False) -> dict:
     each figure folded and the figure captioned (numbered by Sphinx); a chapter links its exercises.
     Returns what was done (counts), for the build's report."""
     nb = json.loads(path.read_text())
+    # a form's widgets (notebook 05) cannot run in a static page, and their state would make the
+    # site load the widget manager from a CDN: the page keeps their text and drops the widgets
+    nb.get("metadata", {}).pop("widgets", None)
     cells, done = nb["cells"], {"removed": 0, "folded": 0, "figures": 0}
+    for cell in cells:
+        for out in cell.get("outputs", []):
+            out.get("data", {}).pop("application/vnd.jupyter.widget-view+json", None)
     first_code = next((i for i, c in enumerate(cells) if c["cell_type"] == "code"), None)
     for i, cell in enumerate(cells):
         if cell["cell_type"] == "markdown":

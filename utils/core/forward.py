@@ -154,6 +154,8 @@ def _output(lm, out, rows: int, final: Read | None, captured: Captured | None = 
 
 def max_positions(lm) -> int | None:
     """How many positions the model has (``max_position_embeddings`` / ``n_positions``), if it says."""
+    if getattr(lm, "model", None) is None:  # a tokenizer-only LoadedModel (the data tests) has no config
+        return None
     config = lm.text_config
     return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
 
