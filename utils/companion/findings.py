@@ -276,7 +276,9 @@ def render(root: Path = PROJECT_ROOT) -> str:
     return "\n\n".join(_wrap(block) for block in text.strip().split("\n\n")) + "\n"
 
 
-def _between(text: str, begin: str, end: str, new: str) -> str:
+def replace_between(text: str, begin: str, end: str, new: str) -> str:
+    """``text`` with what lies between the marker lines ``begin`` and ``end`` replaced by ``new``
+    (the README's generated blocks: findings, summary, timings)."""
     head, rest = text.split(begin, 1)
     _, tail = rest.split(end, 1)
     return f"{head}{begin}\n{new}{end}{tail}"
@@ -286,9 +288,9 @@ def updated(readme: str, root: Path = PROJECT_ROOT, section: str | None = None, 
     """``readme`` with the text between the findings markers replaced by ``section`` (default:
     :func:`render`) and, where the README has them, between the summary markers by ``top``
     (default: :func:`summary`)."""
-    text = _between(readme, BEGIN, END, render(root) if section is None else section)
+    text = replace_between(readme, BEGIN, END, render(root) if section is None else section)
     if SUMMARY_BEGIN in text:
-        text = _between(text, SUMMARY_BEGIN, SUMMARY_END, summary(root) if top is None else top)
+        text = replace_between(text, SUMMARY_BEGIN, SUMMARY_END, summary(root) if top is None else top)
     return text
 
 

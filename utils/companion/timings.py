@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from ..paths import PROJECT_ROOT
+from .findings import replace_between
 
 README = PROJECT_ROOT / "README.md"
 BEGIN, END = "<!-- timings:begin -->", "<!-- timings:end -->"
@@ -64,9 +65,7 @@ def render(model: str = MODEL, root: Path = PROJECT_ROOT) -> str:
 
 def updated(readme: str, block: str | None = None) -> str:
     """``readme`` with the text between the markers replaced by ``block`` (default: :func:`render`)."""
-    head, rest = readme.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{BEGIN}\n{render() if block is None else block}{END}{tail}"
+    return replace_between(readme, BEGIN, END, render() if block is None else block)
 
 
 def main(argv=None) -> int:
