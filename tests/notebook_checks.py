@@ -58,3 +58,17 @@ def with_parameters(notebook: Path, target: Path, **values) -> Path:
         f"{name} = {value!r}\n" for name, value in values.items())
     target.write_text(json.dumps(nb, indent=1))
     return target
+
+
+def with_solutions(nb, solution: Path):
+    """An exercise notebook (nbformat) as a student finishes it: each cell tagged ``exercise`` is
+    replaced by an import of that exercise's function from the reference solution file."""
+    from utils.companion.exercises import EXERCISES
+
+    for cell in nb.cells:
+        if "exercise" in cell.metadata.get("tags", []):
+            name = EXERCISES[cell.metadata["exercise"]][0]
+            cell.source = (f"import importlib.util\n_spec = importlib.util.spec_from_file_location('solution', "
+                           f"{str(solution)!r})\n_solution = importlib.util.module_from_spec(_spec)\n"
+                           f"_spec.loader.exec_module(_solution)\n{name} = _solution.{name}")
+    return nb

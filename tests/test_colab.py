@@ -21,6 +21,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from notebook_checks import with_solutions
 
 from utils import setup as project_setup
 
@@ -73,16 +74,8 @@ def test_a_section_notebook_and_an_exercise_notebook_run_in_a_simulated_colab(co
     assert written, "notebook 00 wrote its known set nowhere under the clone (did `utils` come from elsewhere?)"
 
     # the exercise notebook, finished as a student would (each stub replaced by the solution in the clone)
-    nb = nbformat.read(ROOT / "exercises" / "00_known_facts_exercises.ipynb", as_version=4)
-    from utils.companion.exercises import EXERCISES
-
-    solution = clone / "exercises" / "solutions" / "00_known_facts.py"
-    for cell in nb.cells:
-        if "exercise" in cell.metadata.get("tags", []):
-            name = EXERCISES[cell.metadata["exercise"]][0]
-            cell.source = (f"import importlib.util\n_spec = importlib.util.spec_from_file_location('solution', "
-                           f"{str(solution)!r})\n_solution = importlib.util.module_from_spec(_spec)\n"
-                           f"_spec.loader.exec_module(_solution)\n{name} = _solution.{name}")
+    nb = with_solutions(nbformat.read(ROOT / "exercises" / "00_known_facts_exercises.ipynb", as_version=4),
+                        clone / "exercises" / "solutions" / "00_known_facts.py")
     solved = tmp_path / "00_exercises.ipynb"
     nbformat.write(nb, solved)
     result = _run(solved, content, env, tmp_path / "00_exercises_out.ipynb")

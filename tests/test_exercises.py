@@ -13,6 +13,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from exercise_mistakes import MISTAKES
+from notebook_checks import with_solutions
 
 from utils.companion.exercises import EXERCISES, ExerciseFailed, NotImplementedYet
 
@@ -96,14 +97,7 @@ def test_notebook_runs_with_the_solutions(path, tmp_path):
     solution, run from exercises/ with papermill; every check passes and the cells after them run."""
     import papermill
 
-    nb = nbformat.read(path, as_version=4)
-    solution = SOLUTIONS[path.name[:2]]
-    for cell in nb.cells:
-        if "exercise" in cell.metadata.get("tags", []):
-            name = EXERCISES[cell.metadata["exercise"]][0]
-            cell.source = (f"import importlib.util\n_spec = importlib.util.spec_from_file_location('solution', "
-                           f"{str(solution)!r})\n_solution = importlib.util.module_from_spec(_spec)\n"
-                           f"_spec.loader.exec_module(_solution)\n{name} = _solution.{name}")
+    nb = with_solutions(nbformat.read(path, as_version=4), SOLUTIONS[path.name[:2]])
     solved = tmp_path / path.name
     nbformat.write(nb, solved)
     out = tmp_path / f"executed_{path.name}"
