@@ -93,14 +93,19 @@ def test_01_dips_split_and_top_layer_increase_equal_the_tables(texts, model):
         assert f"*raises* the prediction's probability: mean change {pct(upper.max())}" in text
 
 
+def baseline_and_curve(model, name):
+    """The static-embedding rate and the last subject token's mean rate per layer, from a table."""
+    rates = table(model, name).dropna(subset=["attributes_rate"])
+    base = rates[rates.layer < 0].attributes_rate.mean()
+    return base, rates[(rates.position == "subject last") & (rates.layer >= 0)].groupby("layer").attributes_rate.mean()
+
+
 @pytest.mark.parametrize("model", MODELS)
 def test_02_baseline_shape_knockout_and_projection_equal_the_tables(texts, model):
     if model not in texts:
         pytest.skip(f"no committed results for {model}")
     text = texts[model]["02"]
-    rates = table(model, "attributes_rate").dropna(subset=["attributes_rate"])
-    base = rates[rates.layer < 0].attributes_rate.mean()
-    curve = rates[(rates.position == "subject last") & (rates.layer >= 0)].groupby("layer").attributes_rate.mean()
+    base, curve = baseline_and_curve(model, "attributes_rate")
     assert f"static-embedding rate ({pct(base)})" in text
     assert f"peaks at {pct(curve.max())} at layer {int(curve.idxmax())}" in text
     if (curve < base).all():
@@ -115,9 +120,7 @@ def test_02_baseline_shape_knockout_and_projection_equal_the_tables(texts, model
     raising = [int(s) for s in increase.index if increase[s] > 0]
     if "*raises*" in text:
         assert f"starting at {conclusions._layers_text(raising)} *raises*" in text
-    paper = table(model, "attributes_rate_paper").dropna(subset=["attributes_rate"])
-    paper_base = paper[paper.layer < 0].attributes_rate.mean()
-    paper_curve = paper[(paper.position == "subject last") & (paper.layer >= 0)].groupby("layer").attributes_rate.mean()
+    paper_base, paper_curve = baseline_and_curve(model, "attributes_rate_paper")
     if paper_base > paper_curve.max():
         assert f"peaks at the embeddings: static embedding {pct(paper_base)}" in text
     else:
