@@ -32,13 +32,14 @@ ifneq ($(KNOWN_1000),)
 export DISSECT_KNOWN_1000 := $(abspath $(KNOWN_1000))
 endif
 
-.PHONY: venv lock book-venv chromium book reproduce atlas readme test bench bench-scale gpu-check references explore clean-outputs help
+.PHONY: venv lock book-venv chromium book reproduce atlas readme lab-figure test bench bench-scale gpu-check references explore clean-outputs help
 
 help:
 	@echo "make reproduce [MODEL=gemma-3-270m] [N_FACTS=0] [DEVICE=auto] [DTYPE=float32]"
 	@echo "make atlas MODELS=\"smollm2-135m gemma-3-270m\"  # reproduce each model, then notebook 04 over all of them"
 	@echo "make reproduce MODEL=smollm2-135m DATASET=small N_FACTS=5 DISSECT_OUTPUT_ROOT=build/quick  # a quick run, outputs under build/quick/"
 	@echo "make readme      # regenerate the README's findings (from results/) and timings (from executed/)"
+	@echo "make lab-figure [MODEL=gemma-3-270m]  # the lab's slide: the paper's Figure 1 on MODEL's layers (from results/)"
 	@echo "make test        # pytest + the notebooks under nbval (+ the exercises, the book in headless Chromium)"
 	@echo "make book [BOOK_SOURCE=executed/gemma-3-270m]  # the reader's edition: $(BOOK_OUT)/html/index.html"
 	@echo "make bench [BENCH_MODEL=gemma-3-270m]  # every notebook sweep's rate, batched vs per-example loop"
@@ -117,6 +118,11 @@ atlas: venv
 readme: venv
 	$(BIN)/python -m utils.companion.findings
 	$(BIN)/python -m utils.companion.timings
+
+# The lab's slide figure (exercises/LAB.md): the paper's Figure 1 on MODEL's own layers, located in its results/
+# by the ledger's helpers; writes $(OUT)figures/$(SLUG)/recall_schematic.png and .pdf (no model is loaded)
+lab-figure: venv
+	$(BIN)/python -m utils.companion.lab_figure --model "$(MODEL)"
 
 TEST_OUT := $(CURDIR)/.test-outputs
 test: venv book-venv chromium

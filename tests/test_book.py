@@ -239,6 +239,8 @@ def test_site_pages_images_and_links(site, browser):
         assert len(report["images"][url]) >= 1, f"{name}: no figure on its page"
     for name in exercises:
         assert f"{base}exercises/{name}.html" in report["pages"]
+    lab = f"{base}lab.html"  # the lab handout, with its slide figure loaded (the crawl checks every image loads)
+    assert lab in report["pages"] and any(src.endswith("recall_schematic.png") for src, _ in report["images"][lab])
     assert any(src.endswith("information_flow.png") for src, _ in report["images"][base + "index.html"])
     assert SCREENSHOT.exists() and SCREENSHOT.stat().st_size > 10_000
     assert sum(report["math"].values()) > 0, "no formula on any page: is MathJax still wired?"
@@ -288,6 +290,26 @@ def test_the_pages_a_course_book_has(site):
     if not project_setup.published():
         assert not any("colab.research.google.com" in p.read_text() for p in site.rglob("*.html"))
         assert "REPOSITORY" in how
+
+
+def test_the_lab_is_a_page_with_its_slide_figure(tmp_path):
+    """exercises/LAB.md is staged as the first page of the exercises, with the slide figure of the
+    book's model (``make lab-figure``) copied beside it and placed under the line that names it."""
+    _need(importlib.util.find_spec("sphinx-mathjax-offline") is not None, "the book extras are not installed")
+    from utils.companion import book, lab_figure
+
+    source = book_source()
+    model = book.notebook_parameters(sorted(source.glob("[0-9][0-9]_*.ipynb"))[0])["model"]
+    staged = book.stage(source, tmp_path / "src")
+    page = (staged / "lab.md").read_text()
+    figure = f"figures/{model}/{lab_figure.NAME}.png"
+    assert page.startswith("# A 90-minute lab") and f"```{{figure}} {figure}" in page
+    assert (staged / figure).read_bytes() == (ROOT / figure).read_bytes()
+    named = next(k for k, line in enumerate(page.splitlines()) if lab_figure.NAME in line and "figure}" not in line)
+    assert page.splitlines().index(f"```{{figure}} {figure}") == named + 2
+    index = (staged / "index.md").read_text()
+    exercises = index.split(":caption: Exercises", 1)[1].split("```", 1)[0].split()
+    assert exercises[2] == "lab", exercises  # after ":maxdepth: 1": the lab first
 
 
 def test_the_course_checks_catch_an_overflow_a_right_aligned_equation_and_a_bare_figure(site, browser, tmp_path):

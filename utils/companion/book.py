@@ -30,6 +30,8 @@ from pathlib import Path
 
 from .. import setup as project_setup
 from ..paths import PROJECT_ROOT
+from ..runs.results import model_slug
+from . import lab_figure
 
 FINDINGS = "## What the notebooks find"
 """The README section the landing page shows (up to the next second-level heading)."""
@@ -160,16 +162,27 @@ def readme_section(readme: str, heading: str) -> str:
     return readme[start:end if end >= 0 else None].strip()
 
 
-def _site_links(text: str, stage: Path) -> str:
-    """README links rewritten for the site: notebooks become pages, figures are copied beside the
-    page, links to source files (not part of the site) become plain text."""
+def _page(path: str) -> str | None:
+    """The site's page for a repository file (a path from the repository's root), or None."""
+    if re.fullmatch(r"notebooks/[0-9][0-9]_\w+\.ipynb|exercises/[0-9][0-9]_\w+_exercises\.ipynb", path):
+        return path
+    return LAB_PAGE + ".md" if path == LAB.relative_to(PROJECT_ROOT).as_posix() else None
+
+
+def _site_links(text: str, stage: Path, base: Path = PROJECT_ROOT) -> str:
+    """Links of a repository file in ``base`` (the README's, by default) rewritten for a page at the
+    site's top: notebooks and the lab become pages, figures are copied beside the page, links to
+    source files (not part of the site) become plain text."""
     def link(match):
         bang, label, target = match.group(1), match.group(2), match.group(3)
         if re.match(r"^[a-z]+://|^#", target):
             return match.group(0)
-        if target.startswith("notebooks/") and target.endswith(".ipynb"):
-            return f"[{label}]({target})"
-        source = PROJECT_ROOT / target
+        source = (base / target).resolve()
+        if not source.is_relative_to(PROJECT_ROOT):
+            return label if not bang else f"*({label}: not part of this site)*"
+        target = source.relative_to(PROJECT_ROOT).as_posix()
+        if not bang and _page(target):
+            return f"[{label}]({_page(target)})"
         if bang and source.is_file():  # a numbered figure, its alt text the caption
             dest = stage / target
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -197,6 +210,35 @@ def _caption(cells: list[dict], index: int) -> str:
             if sentence:
                 return sentence if len(sentence) <= 300 else sentence[:297].rsplit(" ", 1)[0] + " ..."
     return "Figure"
+
+
+LAB = PROJECT_ROOT / "exercises" / "LAB.md"
+"""The 90-minute lab's handout, staged as the first page of the exercises."""
+LAB_PAGE = "lab"
+
+
+def _lab_figure(model: str | None, stage: Path) -> str:
+    """The book's model's slide figure (``make lab-figure``), copied into the site, as a numbered
+    figure; or a line saying how to draw it."""
+    slug = model_slug(model) if model else None
+    source = PROJECT_ROOT / "figures" / (slug or "") / f"{lab_figure.NAME}.png"
+    if slug is None or not source.is_file():
+        return f"*(No slide figure for {slug or 'this model'} yet: `make lab-figure MODEL={slug or '...'}` draws it.)*"
+    target = f"figures/{slug}/{source.name}"
+    (stage / target).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(source, stage / target)
+    return (f"```{{figure}} {target}\n:alt: the paper's Figure 1 on {slug}'s layers\n:name: fig-lab-schematic\n\n"
+            f"The slide: the paper's Figure 1 redrawn on {slug}'s own layers, each step located in its results by "
+            f"the ledger (`make lab-figure MODEL={slug}`).\n```")
+
+
+def lab_page(model: str | None, stage: Path) -> str:
+    """The lab handout (exercises/LAB.md) as a page, the slide figure of the book's model placed
+    under the line that names it (at the end when no line does)."""
+    lines = _site_links(LAB.read_text(), stage, LAB.parent).rstrip("\n").splitlines()
+    at = next((k + 1 for k, line in enumerate(lines) if lab_figure.NAME in line), len(lines))
+    lines[at:at] = ["", _lab_figure(model, stage)]
+    return "\n".join(lines) + "\n"
 
 
 def _exercise_for(path: Path) -> Path | None:
@@ -258,7 +300,7 @@ def landing_page(source: Path, notebooks: list[Path], stage: Path) -> str:
     run = ", ".join(f"{k} = {params[k]}" for k in ("model", "dataset", "n_facts") if k in params) or "unknown"
     toc = "\n".join(f"notebooks/{p.stem}" for p in notebooks)
     exercises = sorted((PROJECT_ROOT / "exercises").glob("[0-9][0-9]_*_exercises.ipynb"))
-    ex_toc = "\n".join(f"exercises/{p.stem}" for p in exercises)
+    ex_toc = "\n".join(([LAB_PAGE] if LAB.is_file() else []) + [f"exercises/{p.stem}" for p in exercises])
     findings = readme_section(readme, FINDINGS)
     findings = re.sub(r" ?\([^()]*`make readme`[^()]*\)", "", findings)  # maintainers' notes, not for readers
     where = source.relative_to(PROJECT_ROOT) if source.is_relative_to(PROJECT_ROOT) else source
@@ -271,7 +313,7 @@ def landing_page(source: Path, notebooks: list[Path], stage: Path) -> str:
         _site_links(findings, stage),
         "```{toctree}\n:caption: Start here\n:maxdepth: 1\n\nhow_to_use\n```",
         f"```{{toctree}}\n:caption: Chapters\n:maxdepth: 1\n\n{toc}\n```",
-        (f"```{{toctree}}\n:caption: Exercises\n:maxdepth: 1\n\n{ex_toc}\n```" if exercises else ""),
+        (f"```{{toctree}}\n:caption: Exercises\n:maxdepth: 1\n\n{ex_toc}\n```" if ex_toc else ""),
         "```{toctree}\n:caption: For instructors\n:maxdepth: 1\n\ninstructors\n```",
     ]) + "\n"
 
@@ -331,8 +373,8 @@ def instructors_page() -> str:
 
 
 def stage(source: Path, stage_dir: Path) -> Path:
-    """A Sphinx source folder: conf.py, the landing page, the how-to page, the chapters, the exercises
-    and the instructors' solutions."""
+    """A Sphinx source folder: conf.py, the landing page, the how-to page, the chapters, the lab and the
+    exercises, and the instructors' solutions."""
     notebooks = sorted(source.glob("[0-9][0-9]_*.ipynb"))
     if not notebooks:
         raise FileNotFoundError(f"no executed notebooks in {source}: run `make reproduce` (or pass BOOK_SOURCE=...)")
@@ -351,6 +393,9 @@ def stage(source: Path, stage_dir: Path) -> Path:
     (stage_dir / "index.md").write_text(landing_page(source, notebooks, stage_dir))
     (stage_dir / "how_to_use.md").write_text(how_to_use_page())
     (stage_dir / "instructors.md").write_text(instructors_page())
+    if LAB.is_file():
+        model = notebook_parameters(notebooks[0]).get("model")
+        (stage_dir / f"{LAB_PAGE}.md").write_text(lab_page(model, stage_dir))
     return stage_dir
 
 

@@ -752,3 +752,136 @@ def information_flow_sink(both, *, model: str, k: int):
         note += f"; the two sink choices give the same curves here, so one row is shown ({' = '.join(rows)})"
     caption(axes[-1][0], note)
     return fig
+
+
+# --------------------------------------------------------------------------------------
+# The lab's slide figure: the paper's Figure 1 on one model's own layers
+
+SCHEMATIC_COLOURS = {"enrichment": SOURCE_COLOURS["subject-last"], "relation": SOURCE_COLOURS["non-subject"],
+                     "subject": SOURCE_COLOURS["subject"], "extraction": LAST}
+"""The steps in the colours of the positions they are about: the last subject token (orange),
+the relation's positions (blue), the subject's (red), the last position, where attention
+writes the attribute (green)."""
+SCHEMATIC_MISSING = {"enrichment": "attributes_rate.csv (notebook 02)",
+                     "relation": "information_flow_prepend.csv (notebook 01)",
+                     "subject": "information_flow_prepend.csv (notebook 01)",
+                     "extraction": "extraction_layers.csv (notebook 03)"}
+SCHEMATIC_ROW = 1.45
+"""The height of a step's row (its title, track and two lines of numbers), in axis units."""
+SCHEMATIC_BOTTOM = -1.0
+
+
+def _schematic_marker(ax, layer: int, y: float, colour, gid: str, filled: bool = True, size: float = 30):
+    """A step's layer as a large circle with the layer's number in it, and a guide down to the axis."""
+    ax.plot([layer, layer], [y, SCHEMATIC_BOTTOM], color=colour, linewidth=1.2, linestyle=":", alpha=0.5, zorder=0)
+    ax.plot([layer], [y], "o", markersize=size, color=colour if filled else "white", markeredgecolor=colour,
+            markeredgewidth=2.5, zorder=3, gid=gid)
+    ax.annotate(str(layer), (layer, y), ha="center", va="center", fontsize=size * 0.5, fontweight="bold",
+                color="white" if filled else colour, zorder=4)
+
+
+def _schematic_row(ax, y: float, title: str, detail: str, colour, n_layers: int, width: int) -> None:
+    """A step's track across the layers, its title (the paper's words) above, the numbers below
+    (wrapped to ``width`` characters, on white, so the guides pass behind them)."""
+    ax.plot([-0.5, n_layers - 0.5], [y, y], color="0.85", linewidth=3, solid_capstyle="round", zorder=0)
+    ax.annotate(title, (-0.5, y + 0.3), fontsize=17, fontweight="bold", color=colour, va="bottom", zorder=5,
+                bbox={"facecolor": "white", "edgecolor": "none", "pad": 1})
+    ax.annotate(textwrap.fill(detail, width), (-0.5, y - 0.3), fontsize=12.5, color="0.3", va="top", zorder=5,
+                bbox={"facecolor": "white", "edgecolor": "none", "pad": 1})
+
+
+def _schematic_enrichment(ax, y: float, peaks, n_layers: int) -> str:
+    colour = SCHEMATIC_COLOURS["enrichment"]
+    first, last = peaks.band
+    ax.add_patch(plt.Rectangle((first - 0.5, y - 0.12), last - first + 1, 0.24, color=colour, alpha=0.22,
+                               linewidth=0, zorder=1))
+    if peaks.overall_peak != peaks.peak:
+        _schematic_marker(ax, peaks.overall_peak, y, colour, "enrichment overall peak", filled=False, size=24)
+    _schematic_marker(ax, peaks.peak, y, colour, "enrichment")
+    return (f"attributes rate of the last subject token: highest in the early-to-middle band (shaded, layers "
+            f"{first}-{last}) entering layer {peaks.peak} (0: the embeddings), {peaks.peak_rate:.1f}% (static embedding "
+            f"{peaks.baseline:.1f}%); over all layers at layer {peaks.overall_peak}; {peaks.n_facts} facts")
+
+
+def _schematic_dip(ax, y: float, step: str, dip, window: int | None, words: str) -> str:
+    _schematic_marker(ax, dip.layer, y, SCHEMATIC_COLOURS[step], step)
+    windows = f"{window}-layer windows, " if window else ""
+    return (f"blocking the last position from {words} hurts most at layer {dip.layer}: {dip.change:+.0f}% for the "
+            f"prediction ({windows}{dip.n_facts} facts)")
+
+
+def _schematic_extraction(ax, y: float, steps) -> str:
+    colour, events, at = SCHEMATIC_COLOURS["extraction"], steps.extraction_events, steps.extraction_layer
+    for layer, count in events.items():
+        if layer != at:
+            _schematic_marker(ax, int(layer), y, colour, "extraction other", filled=False,
+                              size=max(18.0, 30 * (count / events.max()) ** 0.5))
+    _schematic_marker(ax, at, y, colour, "extraction")
+    where = ", ".join(f"{layer}: {count}" for layer, count in events.items())
+    return (f"{events[at]} of {events.sum()} attention extraction events at layer {at} (by layer: {where}); "
+            f"{steps.n_extraction_facts} facts, {steps.projection} projection")
+
+
+def _order_words(steps) -> str:
+    """The located layers against the paper's order, in words (what the caption says)."""
+    if steps.papers_order is None:
+        return "a step is not measured, so the paper's order cannot be read here"
+    layers = (f"relation {steps.relation.layer}, subject {steps.subject.layer}, extraction "
+              f"{steps.extraction_layer}")
+    if steps.papers_order:
+        return f"in the paper's order: the relation arrives before the subject, extraction not before it ({layers})"
+    return (f"not the paper's order ({layers}; the paper: the relation before the subject, extraction not before "
+            "the subject): the layers are drawn where this model has them")
+
+
+def recall_schematic(steps):
+    """The paper's Figure 1 as a slide, on one model's own layers: where the last subject token
+    is enriched, where the relation and then the subject reach the last position, and where
+    attention extracts the attribute. ``steps`` is :func:`utils.paper.ledger.recall_steps`, so
+    every layer drawn is the one the ledger locates (claims 1, 2, 5, 7); a step whose table is
+    missing is drawn as "not measured", and a model whose layers break the paper's order is
+    drawn as it is, the caption saying so. Each step's main marker carries the step's name as
+    its ``gid`` (tests read the drawn layers back)."""
+    n_layers, width = steps.n_layers, max(13.0, 0.42 * steps.n_layers + 2)
+    fig, ax = plt.subplots(figsize=(width, 9.0))
+    chars = int(0.78 * width * 72 / (12.5 * 0.55))  # a detail line about as wide as the axes
+    rows = [("enrichment", "subject enrichment (MLPs, last subject token)", steps.enrichment),
+            ("relation", "relation propagation to the last position", steps.relation),
+            ("subject", "the subject reaches the last position (attention)", steps.subject),
+            ("extraction", "attribute extraction (attention heads)", steps.extraction_layer)]
+    for k, (step, title, located) in enumerate(rows):
+        y = SCHEMATIC_ROW * (len(rows) - 1 - k)
+        if located is None:
+            layer, detail = "", f"not measured: {SCHEMATIC_MISSING[step]} is missing"
+        elif step == "enrichment":
+            layer, detail = f": layer {located.peak}", _schematic_enrichment(ax, y, located, n_layers)
+        elif step == "extraction":
+            layer, detail = f": layer {located}", _schematic_extraction(ax, y, steps)
+        else:
+            words = "the relation's positions" if step == "relation" else "the subject"
+            layer, detail = f": layer {located.layer}", _schematic_dip(ax, y, step, located, steps.window, words)
+        _schematic_row(ax, y, title + layer, detail, SCHEMATIC_COLOURS[step], n_layers, chars)
+    ax.set(xlim=(-0.9, n_layers - 0.1), ylim=(SCHEMATIC_BOTTOM, SCHEMATIC_ROW * (len(rows) - 1) + 0.75), yticks=[])
+    ax.set_xticks(range(n_layers))
+    ax.tick_params(axis="x", labelsize=12)
+    ax.set_xlabel(f"layer (0 to {n_layers - 1}; the paper's figures count from 1)", fontsize=14)
+    ax.grid(False)
+    for side in ("left", "right", "top"):
+        ax.spines[side].set_visible(False)
+    ax.set_title(f"{steps.model} ({n_layers} layers): where the paper's steps of recall happen", fontsize=20,
+                 loc="left", pad=14)
+    fig.text(0.01, 0.0, textwrap.fill(_schematic_sources(steps), int(chars * 12.5 / 10.5)), fontsize=10.5,
+             color="0.35", va="top")
+    return fig
+
+
+def _schematic_sources(steps) -> str:
+    return (f"On {steps.model}: {_order_words(steps)}. From results/{steps.model}/: relation and "
+            "subject from information_flow_prepend (notebook 01: the window centre where blocking the last position "
+            "hurts most, claims 1-2); enrichment from attributes_rate (notebook 02: claim 5's peaks of the last subject "
+            "token's rate); extraction from extraction_layers (notebook 03: the layer with the most attention "
+            "extraction events, claim 7's events). Located by utils.paper.ledger, as notebook 04's ledger locates "
+            "them (its verdicts say which steps hold); `make lab-figure MODEL=...` redraws it.")
+
+
+__all__ += ["recall_schematic"]

@@ -218,6 +218,12 @@ def _curves(r: ModelResults, source: str) -> pd.DataFrame:
     return t[t.source == source].pivot_table(index="known_id", columns="layer", values="relative_change")
 
 
+def _deepest(x: np.ndarray) -> int:
+    """The column of a facts x window-centres array where the mean over facts is lowest: where
+    blocking hurts most on average (claims 1-3 locate their dips with it)."""
+    return int(np.nanargmin(_nanmean(x, 0)))
+
+
 def _dip_cell(claim: str, r: ModelResults, source: str, band: tuple[float, float], boot) -> Cell:
     if cell := _missing(claim, r, "information_flow_prepend"):
         return cell
@@ -225,7 +231,7 @@ def _dip_cell(claim: str, r: ModelResults, source: str, band: tuple[float, float
     if cell := _too_few(claim, r, len(curves)):
         return cell
     x, d, n = curves.to_numpy(), depth(curves.columns, r.n_layers), len(curves)
-    at = int(np.nanargmin(_nanmean(x, 0)))
+    at = _deepest(x)
     change = _measure("deepest mean change (%)", n, lambda i: _nanmean(x[i, at]), boot, "%")
     where = _measure("depth of the deepest mean change", n, lambda i: d[np.nanargmin(_nanmean(x[i], 0))], boot,
                      "depth", in_cell=True)
@@ -260,7 +266,7 @@ def claim_3(r: ModelResults, **boot) -> Cell:
     # Say how often each stays where all the facts put it, so a narrow interval reads as what it is.
     stays = []
     for name, x, columns in (("subject", s, subject.columns), ("relation", q, relation.columns)):
-        at = int(np.nanargmin(_nanmean(x, 0)))
+        at = _deepest(x)
         moved = resamples(len(facts), lambda i: float(np.nanargmin(_nanmean(x[i], 0)) == at), **boot)
         stays.append(f"the {name}'s dip stays at layer {columns[at]} in {moved.mean():.0%} of the resamples")
     note = ("both dips are re-located on the resampled facts' mean curves in every resample; " + ", ".join(stays)
@@ -311,6 +317,15 @@ def _rates(r: ModelResults):
     return facts, layers, rates, control, base
 
 
+def _enrichment_peaks(subject_last: np.ndarray, layers, n_layers: int) -> tuple[np.ndarray, int, int]:
+    """Claim 5's places on the last subject token's mean curve (facts x layers): the columns of
+    the early-to-middle band, the band's peak and the peak over all layers (column indices)."""
+    d = depth(layers, n_layers)
+    band = np.flatnonzero((d >= BANDS["early-to-middle"][0]) & (d <= BANDS["early-to-middle"][1]))
+    at = int(band[np.nanargmax(_nanmean(subject_last[:, band], 0))])
+    return band, at, int(np.nanargmax(_nanmean(subject_last, 0)))
+
+
 def claim_5(r: ModelResults, **boot) -> Cell:
     """In the early-to-middle band the last subject token's peak rate exceeds the
     static-embedding baseline (the main effect: the layers added attributes the embedding did
@@ -320,13 +335,11 @@ def claim_5(r: ModelResults, **boot) -> Cell:
     facts, layers, rates, _, base = _rates(r)
     if cell := _too_few("5", r, len(facts), "facts with an attribute set"):
         return cell
-    n, d, sl = len(facts), depth(layers, r.n_layers), rates["subject last"]
-    band = np.flatnonzero((d >= BANDS["early-to-middle"][0]) & (d <= BANDS["early-to-middle"][1]))
-    at = int(band[np.nanargmax(_nanmean(sl[:, band], 0))])
+    n, sl = len(facts), rates["subject last"]
+    band, at, whole = _enrichment_peaks(sl, layers, r.n_layers)
     others = {p: x for p, x in rates.items() if p != "subject last"}
     best = max(others, key=lambda p: np.nanmax(_nanmean(others[p][:, band], 0)))
     at_best = int(band[np.nanargmax(_nanmean(others[best][:, band], 0))])
-    whole = int(np.nanargmax(_nanmean(sl, 0)))
     over_base = _measure(f"band peak minus the static-embedding baseline (layer {layers[at]})", n,
                          lambda i: _nanmean(sl[i, at] - base[i]), boot, "points")
     over = _measure(f"band peak minus the best other position's band peak ({best}, layer {layers[at_best]})", n,
@@ -796,3 +809,107 @@ def extraction_by_depth(r: ModelResults) -> pd.DataFrame | None:
         return None
     t = t[(t.measure == "attn") & (t.projection == r.projection)]
     return t[["known_id", "layer", "value"]].assign(model=r.model, depth=depth(t.layer, r.n_layers))
+
+
+# --------------------------------------------------------------------------------------
+# The paper's Figure 1 on one model's layers (the lab's slide figure: utils/companion/lab_figure.py).
+# The layers are located by the claims' own helpers above, so the figure and the ledger cannot disagree.
+
+
+@dataclass(frozen=True)
+class FlowDip:
+    """Where blocking the last position from a set of positions hurts most (a window centre),
+    the mean change (%) there, and the facts behind it: claims 1 and 2's located dip."""
+
+    layer: int
+    change: float
+    n_facts: int
+
+
+@dataclass(frozen=True)
+class EnrichmentPeaks:
+    """Claim 5's places on the last subject token's attributes rate: the early-to-middle band
+    (first and last layer), the band's peak with its mean rate and the static-embedding
+    baseline (%), and the peak over all layers."""
+
+    band: tuple[int, int]
+    peak: int
+    peak_rate: float
+    baseline: float
+    overall_peak: int
+    n_facts: int
+
+
+@dataclass(frozen=True)
+class RecallSteps:
+    """The paper's steps located on one model's layers, each None when its table is missing."""
+
+    model: str
+    n_layers: int
+    window: int | None
+    relation: FlowDip | None
+    subject: FlowDip | None
+    enrichment: EnrichmentPeaks | None
+    extraction_events: pd.Series | None
+    """Attention extraction events per layer (layers with at least one), claim 7's events."""
+    n_extraction_facts: int = 0
+    projection: str = "logit_lens"
+
+    @property
+    def extraction_layer(self) -> int | None:
+        """The layer with the most attention extraction events (the earliest of a tie)."""
+        events = self.extraction_events
+        return None if events is None or events.empty else int(events.idxmax())
+
+    @property
+    def papers_order(self) -> bool | None:
+        """Whether the located layers come in the paper's order: the relation before the subject,
+        the extraction not before the subject (None when a step is missing). A description of
+        the figure, not a verdict: claim 3 judges the order with its interval."""
+        if self.relation is None or self.subject is None or self.extraction_layer is None:
+            return None
+        return self.relation.layer < self.subject.layer <= self.extraction_layer
+
+
+def flow_dip(r: ModelResults, source: str) -> FlowDip | None:
+    """Claims 1 and 2's dip for ``source`` ("non-subject": the relation, "subject"), located as they locate it."""
+    if r.table("information_flow_prepend") is None:
+        return None
+    curves = _curves(r, source)
+    if curves.empty:
+        return None
+    x = curves.to_numpy()
+    at = _deepest(x)
+    return FlowDip(int(curves.columns[at]), float(_nanmean(x[:, at])), len(curves))
+
+
+def enrichment_peaks(r: ModelResults) -> EnrichmentPeaks | None:
+    """Claim 5's peaks of the last subject token's attributes rate, located as it locates them."""
+    if r.table("attributes_rate") is None or r.n_layers is None:
+        return None
+    facts, layers, rates, _, base = _rates(r)
+    if not len(facts) or "subject last" not in rates:
+        return None
+    sl = rates["subject last"]
+    band, at, whole = _enrichment_peaks(sl, layers, r.n_layers)
+    return EnrichmentPeaks((int(layers[band[0]]), int(layers[band[-1]])), int(layers[at]), float(_nanmean(sl[:, at])),
+                           float(_nanmean(base)), int(layers[whole]), len(facts))
+
+
+def attention_events_by_layer(r: ModelResults) -> pd.Series | None:
+    """The number of attention extraction events per layer (claim 7's events, the model's
+    projection), layers without one left out."""
+    if r.table("extraction_layers") is None:
+        return None
+    events = _events(r, "attn").sum().astype(int)
+    return events[events > 0].sort_index()
+
+
+def recall_steps(r: ModelResults) -> RecallSteps:
+    """The relation's and the subject's dips (claims 1, 2), the enrichment peaks (claim 5) and
+    the attention extraction events (claim 7) of one model."""
+    window = (r.metas.get("information_flow_prepend") or {}).get("params", {}).get("k")
+    n_extraction = 0 if r.table("extraction_layers") is None else len(_events(r, "attn"))
+    return RecallSteps(r.model, r.n_layers, None if window is None else int(window), flow_dip(r, "non-subject"),
+                       flow_dip(r, "subject"), enrichment_peaks(r), attention_events_by_layer(r), n_extraction,
+                       r.projection)
