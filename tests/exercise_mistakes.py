@@ -105,6 +105,62 @@ def head_mapping(lm, layer, head, token_id):
     return project(lm, w_o @ v, "logit_lens")
 
 
+# ---------------------------------------------------------------------------------- 04, 05
+@torch.no_grad()
+def blocked_update(lm, fact, layer, blocked):
+    from utils.core.heads import update_from_weights
+    from utils.paper.extraction import clean_run
+    r = clean_run(lm, fact)
+    weights = r.weights[layer].float().clone()
+    weights[:, blocked] = 0  # not rescaled: the surviving weights no longer sum to one
+    return update_from_weights(lm, layer, weights, r.values[layer])
+
+
+@torch.no_grad()
+def patched_update(lm, fact, layer, positions, source):
+    from utils import Capture, PatchHidden, run
+    ids, last = fact["input_ids"], fact["n_tokens"] - 1
+    hidden = run(lm, ids, capture=Capture(resid=True)).acts["resid"][0]
+    patch = PatchHidden(layer, positions, hidden[source + 1, positions])  # the output of layer `source`, one late
+    return run(lm, ids, [[patch]], capture=Capture(positions=[last], layers=[layer], attn=True)).acts["attn"][0, 0, 0]
+
+
+@torch.no_grad()
+def knocked_out_state(lm, input_ids, sublayer, layers, repr_layer, position):
+    path = lm.arch.mlp_update if sublayer == "mlp" else lm.arch.attn_update
+
+    def zero(module, args, output):
+        return (torch.zeros_like(output[0]),) + tuple(output[1:]) if isinstance(output, tuple) else torch.zeros_like(output)
+
+    handles = [lm.sub(layer, path).register_forward_hook(zero) for layer in layers]
+    try:
+        out = lm.model(torch.tensor([input_ids]), output_hidden_states=True)
+    finally:
+        for h in handles:
+            h.remove()
+    return out.hidden_states[repr_layer][0, position].float()  # the input of repr_layer, not its output
+
+
+def flow_reading():
+    # swapped: the relation read off the subject curve and the other way round
+    import pandas as pd
+    from utils.companion.exercises.reading_results import results_root
+    summary = pd.read_csv(results_root("smollm2-135m", "information_flow_summary") / "results" / "smollm2-135m"
+                          / "information_flow_summary.csv")
+    at = summary[(summary.facts_group == "all") & (summary.sink == "prepend")].set_index("source").at_layer
+    return {"relation_layer": int(at["subject"]), "subject_layer": int(at["non-subject"]), "first": "subject"}
+
+
+def claim_8_verdict(share, difference):
+    most, more = share[0] > 0.5, difference[0] > 0  # the values, not the intervals
+    return "holds" if most and more else "partly" if most else "does not hold"
+
+
+def my_fact(lm):
+    return {"prompt": "Beats Music is owned by", "subject": "Beats Music", "attribute": "Apple", "known": True,
+            "extracting_layer": 0, "survives": False, "differs": "nothing, it is the paper's example"}
+
+
 MISTAKES = {
     "00.1": (subject_positions, "span"),
     "00.2": (attribute_first_token, "leading space"),
@@ -122,4 +178,10 @@ MISTAKES = {
     "03.2": (extraction_event, "without the final norm"),
     "03.3": (head_shares, "*columns* of"),
     "03.4": (head_mapping, "grouped-query attention"),
+    "04.1": (blocked_update, "no longer sum to one"),
+    "04.2": (patched_update, "one layer late"),
+    "04.3": (knocked_out_state, "*input* of repr_layer"),
+    "05.1": (flow_reading, "swapped"),
+    "05.2": (claim_8_verdict, "includes 0: the comparison is not shown"),
+    "05.3": (my_fact, "of your own"),
 }

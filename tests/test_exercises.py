@@ -44,7 +44,7 @@ STUBS, CHECKS = _cells("exercise"), _cells("check")
 
 
 def test_every_exercise_has_a_stub_a_check_a_solution_and_a_mistake():
-    assert len(NOTEBOOKS) == 4 and set(SOLUTIONS) == {"00", "01", "02", "03"}
+    assert len(NOTEBOOKS) == 6 and set(SOLUTIONS) == {"00", "01", "02", "03", "04", "05"}
     assert set(STUBS) == set(CHECKS) == set(EXERCISES) == set(MISTAKES)
     for ex, (name, checker) in EXERCISES.items():
         path, source = STUBS[ex]
@@ -52,7 +52,7 @@ def test_every_exercise_has_a_stub_a_check_a_solution_and_a_mistake():
         assert f"def {name}(" in source and "raise NotImplementedError" in source
         assert CHECKS[ex][1].startswith(f"{checker.__name__}({name}"), f"{ex}'s check cell calls {CHECKS[ex][1]!r}"
         assert hasattr(_load(SOLUTIONS[ex[:2]]), name)
-    for count in (sum(ex.startswith(f"0{i}") for ex in EXERCISES) for i in range(4)):
+    for count in (sum(ex.startswith(f"0{i}") for ex in EXERCISES) for i in range(6)):
         assert 3 <= count <= 5
 
 
@@ -107,3 +107,42 @@ def test_notebook_runs_with_the_solutions(path, tmp_path):
         if "check" in cell.metadata.get("tags", []):
             text = "".join(o.get("text", "") for o in cell.outputs)
             assert f"PASSED {cell.metadata['exercise']}" in text, json.dumps(cell.outputs)[:2000]
+
+
+def _estimates() -> dict[str, int]:
+    """Exercise id -> the minutes its notebook's header estimates."""
+    import re
+
+    found = {}
+    for path in NOTEBOOKS:
+        for cell in nbformat.read(path, as_version=4).cells:
+            if m := re.search(r"## Exercise (\d\d\.\d).*?about (\d+) minutes", cell.source, re.S):
+                found[m.group(1)] = int(m.group(2))
+    return found
+
+
+def test_the_lab_plan_adds_up_to_90_minutes_and_names_real_exercises():
+    """exercises/LAB.md (the 90-minute handout): its rows' minutes add up to 90 and start where
+    the previous row ends; each exercise it names exists, with the minutes its notebook
+    estimates; the rest are listed as left for later, with their total."""
+    import re
+
+    text = (ROOT / "exercises" / "LAB.md").read_text()
+    rows = re.findall(r"^\| (\d):(\d\d) \| (\d+) +\| (.*?) \|", text, re.M)
+    assert rows, "no timed rows in LAB.md"
+    clock, estimates, in_lab = 0, _estimates(), []
+    for hours, minutes, length, what in rows:
+        assert int(hours) * 60 + int(minutes) == clock, f"row {what[:40]!r} starts at {hours}:{minutes}, not {clock}"
+        clock += int(length)
+        for ex in re.findall(r"\*\*(\d\d\.\d)\*\*", what):
+            assert ex in EXERCISES, f"LAB.md names {ex}, which is no exercise"
+            assert estimates[ex] == int(length), f"{ex}: {length} min in LAB.md, {estimates[ex]} in its notebook"
+            in_lab.append(ex)
+    assert clock == 90 and re.search(r"\*\*total\*\* \| \*\*90\*\*", text)
+    later = text.split("**Left for later**")[1]
+    left = [ex for ex in EXERCISES if ex not in in_lab]
+    for ex in left:
+        a, b = ex.split(".")
+        spans = re.findall(rf"{a}\.(\d)(?:-{a}\.(\d))?", later)
+        assert any(int(lo) <= int(b) <= int(hi or lo) for lo, hi in spans), f"{ex} is neither in the lab nor left for later"
+    assert f"{sum(estimates[ex] for ex in left)} minutes more" in later

@@ -22,7 +22,9 @@ from .information_flow import (
     check_position_sets,
     check_window,
 )
+from .interventions import check_blocked_update, check_knocked_out_state, check_patched_update
 from .known_facts import check_attribute_first_token, check_next_token, check_subject_positions
+from .reading_results import check_claim_8_verdict, check_flow_reading, check_my_fact, results_root
 from .subject_enrichment import check_attributes_rate, check_clean_tokens, check_hidden_state, check_knockout_windows
 
 EXERCISES = {
@@ -42,8 +44,14 @@ EXERCISES = {
     "03.2": ("extraction_event", check_extraction_event),
     "03.3": ("head_shares", check_head_shares),
     "03.4": ("head_mapping", check_head_mapping),
+    "04.1": ("blocked_update", check_blocked_update),
+    "04.2": ("patched_update", check_patched_update),
+    "04.3": ("knocked_out_state", check_knocked_out_state),
+    "05.1": ("flow_reading", check_flow_reading),
+    "05.2": ("claim_8_verdict", check_claim_8_verdict),
+    "05.3": ("my_fact", check_my_fact),
 }
 """Exercise id -> (the function the student writes, its checker)."""
 
-__all__ = ["EXERCISES", "ExerciseFailed", "NotImplementedYet", "model", "small_facts", "small_known_facts"] + sorted(
+__all__ = ["EXERCISES", "ExerciseFailed", "NotImplementedYet", "model", "results_root", "small_facts", "small_known_facts"] + sorted(
     checker.__name__ for _, checker in EXERCISES.values())

@@ -48,8 +48,9 @@ def check_sublayer_updates(fn, lm=None) -> None:
 
 def _event_cases(lm) -> list[tuple]:
     """Updates of the known facts to test 03.2 on: every extraction event (logit lens), every
-    update that the projection without the final norm judges differently, and a spread of
-    non-events: (fact, sublayer, layer, update, event)."""
+    update that the projection without the final norm judges differently, every near miss (the
+    target second to tenth under the logit lens: they tell "ranked first" from "in the top few"),
+    and a spread of non-events: (fact, sublayer, layer, update, event)."""
     def compute():
         cases, others = [], []
         for fact in small_known_facts(lm):
@@ -57,9 +58,11 @@ def _event_cases(lm) -> list[tuple]:
             vectors, target = torch.cat([attn, mlp]), int(fact["pred_token_id"])
             lens = ranked_first(lm, vectors, target, "logit_lens").tolist()
             paper = ranked_first(lm, vectors, target, "paper").tolist()
-            for i, (vector, event, plain) in enumerate(zip(vectors, lens, paper)):
+            scores = project(lm, vectors, "logit_lens")
+            near = ((scores > scores[:, target : target + 1]).sum(-1) < 10).tolist()
+            for i, (vector, event, plain, close) in enumerate(zip(vectors, lens, paper, near)):
                 case = (fact, "attention" if i < lm.n_layers else "MLP", i % lm.n_layers, vector, event)
-                (cases if event or plain else others).append(case)
+                (cases if event or plain or close else others).append(case)
         return cases + others[:: max(1, len(others) // 40)]
 
     return _cached(("events", id(lm)), compute)
