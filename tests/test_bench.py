@@ -37,3 +37,18 @@ def test_tables_record_cores_and_load_at_start():
     meta = provenance()["host_at_start"]
     assert meta is environment.AT_START
     assert meta["cpu_count"] >= meta["cpus_usable"] >= 1 and len(meta["load_avg"]) == 3
+
+
+def test_the_profilers_start_and_stop_lines_are_held_back_and_the_rest_kept(capfd):
+    """make bench's table is not interleaved with Kineto's "USDT ... profiler_start" lines, and
+    whatever else the profiled code writes to stderr still reaches it."""
+    import os
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    with bench.quiet_profiler_lines(), profile(activities=[ProfilerActivity.CPU]):
+        torch.ones(8) @ torch.ones(8)
+        os.write(2, b"a real warning\n")
+    err = capfd.readouterr().err
+    assert "a real warning" in err and "USDT" not in err and "profiler_start" not in err

@@ -281,8 +281,9 @@ def test_the_pages_a_course_book_has(site):
     assert "Prerequisites" in how and "Glossary" in how
     for term in ("sink", "logit lens", "extraction event", "attributes rate", "knockout window", "W_V W_O map"):
         assert f"<dt" in how and term in how, term
-    for chapter in sorted((site / "notebooks").glob("0[0-3]_*.html")):
+    for chapter in sorted((site / "notebooks").glob("0[0-5]_*.html")):
         assert "Exercises for this chapter" in chapter.read_text() and "_exercises.html" in chapter.read_text(), chapter.name
+    assert "04_interventions_exercises.html" in (site / "notebooks" / "03_attribute_extraction.html").read_text()
     instructors = re.sub(r"<[^>]+>", "", (site / "instructors.html").read_text())  # highlighted code, as text
     assert "def subject_positions" in instructors
     for solution in (ROOT / "exercises" / "solutions").glob("*.py"):  # one section per solutions file

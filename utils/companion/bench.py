@@ -27,8 +27,11 @@ rate means little without them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -102,11 +105,38 @@ def fact_lists(lm, dataset: str, n_facts: int) -> dict[str, list]:
     return out
 
 
+KINETO_NOISE = ("USDT:", "STAGE:")
+"""The prefixes of the lines the profiler's C++ side (Kineto) writes to stderr at every start and
+stop, whatever its log level: two per sweep, in the middle of the table."""
+
+
+@contextlib.contextmanager
+def quiet_profiler_lines():
+    """Holds file descriptor 2 in a temporary file while the profiler runs, then writes back every
+    line that is not Kineto's start/stop notice (a warning or an error is kept, in order)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            kept = [line for line in held.read().decode(errors="replace").splitlines(keepends=True)
+                    if not line.startswith(KINETO_NOISE)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
+
+
 def host_share(lm, fn: Callable, fact) -> float:
     """Share of ``fn(fact)``'s wall time outside torch's operators (see the module docstring)."""
     cuda = lm.device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=activities) as prof:
+    with quiet_profiler_lines(), profile(activities=activities) as prof:
         start = time.perf_counter()
         fn(fact)
         if cuda:

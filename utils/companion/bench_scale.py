@@ -18,18 +18,22 @@ project's prompts (``data/facts_small.json``) with the model's own prediction as
 which is all the sweeps read (token ids, subject positions, the predicted token); the
 attributes rate has no attribute sets (it is timed, not meaningful).
 
-Per configuration and sweep: seconds per fact, the process's peak resident memory so far
-(``resource.getrusage``), the ratio to the per-example loop (01's sweeps, on the configurations
-of ``--loop-on``), the ratio to the arithmetic floor (the FLOPs of the rows the sweep actually
-computes, counted by ``torch.utils.flop_counter`` on one fact, over the machine's matmul rate
-measured at the start), and the batch size ``"auto"`` chose. The table is printed, and written to
-``results/bench/scale.csv`` with a plot of seconds per fact against parameters only with
-``--write`` (results/ is committed output); otherwise the plot goes to a temporary folder.
+Per configuration and sweep: seconds per fact, the process's peak resident memory since the
+configuration was built (Linux's high-water mark, reset per configuration; ``rss_start_gb`` is what
+the process held before, which the peak includes), the ratio to the per-example loop (01's sweeps,
+on the configurations of ``--loop-on``), the ratio to the arithmetic floor (the FLOPs of the rows
+the sweep actually computes, counted by ``torch.utils.flop_counter`` on one fact, over the machine's
+rate of ``F.linear`` at the model's width measured at the start), and the batch size ``"auto"``
+chose. The table is printed, and written to ``results/bench/scale.csv`` with a plot of seconds per
+fact against parameters only with ``--write`` (results/ is committed output); otherwise the plot
+goes to a temporary folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import resource
 import tempfile
 import time
@@ -102,17 +106,22 @@ def random_weight_facts(lm, n_facts: int) -> dict[str, list]:
     return out
 
 
-def matmul_gflops(size: int = 1024, dtype=torch.float32, device: str = "cpu", seconds: float = 1.0) -> float:
-    """The machine's measured rate of one square matmul (the floor's denominator)."""
-    a, b = torch.randn(size, size, dtype=dtype, device=device), torch.randn(size, size, dtype=dtype, device=device)
-    a @ b
+def matmul_gflops(size: int = 1024, dtype=torch.float32, device: str = "cpu", seconds: float = 1.0,
+                  rows: int = 512) -> float:
+    """The machine's measured rate of the product the models run, ``F.linear`` of ``rows`` tokens
+    through a ``size`` x ``size`` weight (the floor's denominator). A square ``a @ b`` is not that
+    product: in bfloat16 on a CPU without bf16 units it takes a path about 20 times slower than
+    ``F.linear``'s, which would put a bf16 sweep "below its floor"."""
+    x = torch.randn(rows, size, dtype=dtype, device=device)
+    w = torch.randn(size, size, dtype=dtype, device=device)
+    torch.nn.functional.linear(x, w)
     n, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        a @ b
+        torch.nn.functional.linear(x, w)
         n += 1
     if device != "cpu":
         torch.cuda.synchronize()
-    return 2 * size ** 3 * n / (time.perf_counter() - start) / 1e9
+    return 2 * rows * size * size * n / (time.perf_counter() - start) / 1e9
 
 
 def flops_of(fn, fact) -> float:
@@ -122,17 +131,39 @@ def flops_of(fn, fact) -> float:
 
 
 def peak_rss_gb() -> float:
+    """The peak resident memory since :func:`reset_peak_rss` (Linux's VmHWM), else since the start."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2 ** 20  # KiB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # Linux: KiB
+
+
+def reset_peak_rss() -> float:
+    """Frees what the last configuration left and restarts the peak at the current resident memory
+    (``/proc/self/clear_refs``), so that each configuration's peak is its own, not the largest so
+    far; returns that starting memory (GB), which the peak includes."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    return peak_rss_gb()
 
 
 def scale_rows(name: str, n_facts: int, loop: bool, rates: dict, tok=None, device: str = "cpu",
                only: str = "") -> list[dict]:
+    rss_start = reset_peak_rss()
     lm, paper_layers = build(name, device, tok)
     facts = random_weight_facts(lm, n_facts)
     n_tokens = max(f["n_tokens"] for f in facts["sink"])
     auto = batching.resolve("auto", lm, n_tokens, cap=128)
     params = sum(p.numel() for p in lm.model.parameters())
-    rate = rates.setdefault(lm.dtype, matmul_gflops(dtype=lm.dtype, device=device))
+    width = min(int(lm.model.get_input_embeddings().weight.shape[-1]), 4096)
+    rate = rates.setdefault((lm.dtype, width), matmul_gflops(width, dtype=lm.dtype, device=device))
     rows = []
     for sweep in bench.sweeps(lm, "auto"):
         if only not in sweep.name:
@@ -145,7 +176,7 @@ def scale_rows(name: str, n_facts: int, loop: bool, rates: dict, tok=None, devic
         rows.append({"config": name, "params_m": params / 1e6, "dtype": str(lm.dtype).removeprefix("torch."),
                      "layers": lm.n_layers, "sweep": sweep.name, "s_per_fact": s_per_fact,
                      "s_per_fact_scaled": s_per_fact * paper_layers / lm.n_layers if paper_layers else None,
-                     "peak_rss_gb": peak_rss_gb(), "loop_ratio": row.get("ratio"),
+                     "peak_rss_gb": peak_rss_gb(), "rss_start_gb": rss_start, "loop_ratio": row.get("ratio"),
                      "floor_ratio": s_per_fact / floor if floor else None, "auto_batch": auto,
                      "matmul_gflops": rate})
         print(rows[-1], flush=True)

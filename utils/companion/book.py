@@ -241,9 +241,15 @@ def lab_page(model: str | None, stage: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _exercise_for(path: Path) -> Path | None:
-    found = sorted((PROJECT_ROOT / "exercises").glob(f"{path.name[:2]}_*_exercises.ipynb"))
-    return found[0] if found else None
+def _exercises_for(path: Path) -> list[Path]:
+    """The exercise notebooks for a chapter: those whose opening cell links to it (the exercises
+    of 04 are for chapters 02 and 03, those of 05 for 01, 04 and 05)."""
+    found = []
+    for nb in sorted((PROJECT_ROOT / "exercises").glob("[0-9][0-9]_*_exercises.ipynb")):
+        first = next((c for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "markdown"), None)
+        if first is not None and f"../notebooks/{path.name}" in "".join(first["source"]):
+            found.append(nb)
+    return found
 
 
 def _copy_notebook(path: Path, dest: Path, chapter: bool = False) -> dict:
@@ -279,12 +285,12 @@ def _copy_notebook(path: Path, dest: Path, chapter: bool = False) -> dict:
             done["folded"] += 1
             done["figures"] += images
             meta.setdefault("mystnb", {})["figure"] = {"caption": _caption(cells, i), "name": f"fig-{path.stem[:2]}-{i}"}
-    exercise = _exercise_for(path) if chapter else None
-    if exercise is not None:
+    exercises = _exercises_for(path) if chapter else []
+    if exercises:
         title = next((k for k, c in enumerate(cells) if c["cell_type"] == "markdown"), -1)
+        links = ", ".join(f"[{e.stem.replace('_', ' ')}](../exercises/{e.name})" for e in exercises)
         cells.insert(title + 1, {"cell_type": "markdown", "id": f"exercises-{path.stem[:2]}", "metadata": {}, "source":
-                                 f"**Exercises for this chapter:** [{exercise.stem.replace('_', ' ')}]"
-                                 f"(../exercises/{exercise.name}) (solutions in the "
+                                 f"**Exercises for this chapter:** {links} (solutions in the "
                                  f"[instructors' section](../instructors.md)).\n"})
     dest.write_text(json.dumps(nb, indent=1, ensure_ascii=False))
     return done
