@@ -101,6 +101,7 @@ reproduce: venv
 	  $(PAPERMILL) $$nb "$(OUT)executed/$(SLUG)/$$(basename $$nb)" \
 	    -p model "$(MODEL)" -p n_facts $(N_FACTS) -p dataset $(DATASET) -p device $(DEVICE) -p dtype $(DTYPE); \
 	done
+	$(BIN)/python -m utils.companion.lab_figure --model "$(MODEL)"  # the lab's slide follows the results
 	@echo "executed notebooks: $(OUT)executed/$(SLUG)/  figures: $(OUT)figures/$(SLUG)/  results: $(OUT)results/$(SLUG)/"
 
 # Every model in MODELS through `make reproduce` (finished sweeps are reused from their journals;

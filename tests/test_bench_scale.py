@@ -28,3 +28,13 @@ def test_the_peak_memory_restarts_per_configuration():
     del big
     after = bench_scale.reset_peak_rss()
     assert after < before + 0.5 and bench_scale.peak_rss_gb() < before + 0.5
+
+
+def test_the_written_table_carries_its_provenance(tmp_path, monkeypatch):
+    from utils.runs.results import load_meta
+
+    monkeypatch.setenv("DISSECT_OUTPUT_ROOT", str(tmp_path))
+    bench_scale.main(["--configs", "tiny", "--n-facts", "1", "--only", "patching", "--write"])
+    meta = load_meta("scale", "bench", tmp_path)
+    assert meta["params"]["configs"] == "tiny" and meta["versions"]["torch"] and meta["host_at_start"]["cpu_count"]
+    assert (tmp_path / "results" / "bench" / "scale.png").stat().st_size > 0

@@ -24,8 +24,9 @@ the process held before, which the peak includes), the ratio to the per-example 
 on the configurations of ``--loop-on``), the ratio to the arithmetic floor (the FLOPs of the rows
 the sweep actually computes, counted by ``torch.utils.flop_counter`` on one fact, over the machine's
 rate of ``F.linear`` at the model's width measured at the start), and the batch size ``"auto"``
-chose. The table is printed, and written to ``results/bench/scale.csv`` with a plot of seconds per
-fact against parameters only with ``--write`` (results/ is committed output); otherwise the plot
+chose. The table is printed, and written to ``results/bench/scale.csv`` (with its ``.meta.json``:
+parameters, package versions, commit, the host's cores and load at the start) and a plot of seconds
+per fact against parameters only with ``--write`` (results/ is committed output); otherwise the plot
 goes to a temporary folder.
 """
 
@@ -51,6 +52,7 @@ from ..core.sources import convert_embedded
 from ..paper.facts import as_facts, load_facts, predict_next_token, tokenize_facts
 from ..paths import output_root
 from ..runs.environment import host_load
+from ..runs.results import provenance, write_table
 from . import bench
 
 VOCAB_FROM = "smollm2-135m"
@@ -174,7 +176,7 @@ def scale_rows(name: str, n_facts: int, loop: bool, rates: dict, tok=None, devic
         s_per_fact = row["batched_s"] / row["facts"]
         floor = flops_of(sweep.batched, facts[sweep.facts][-1]) / (rate * 1e9)
         rows.append({"config": name, "params_m": params / 1e6, "dtype": str(lm.dtype).removeprefix("torch."),
-                     "layers": lm.n_layers, "sweep": sweep.name, "s_per_fact": s_per_fact,
+                     "layers": lm.n_layers, "paper_layers": paper_layers or lm.n_layers, "sweep": sweep.name, "s_per_fact": s_per_fact,
                      "s_per_fact_scaled": s_per_fact * paper_layers / lm.n_layers if paper_layers else None,
                      "peak_rss_gb": peak_rss_gb(), "rss_start_gb": rss_start, "loop_ratio": row.get("ratio"),
                      "floor_ratio": s_per_fact / floor if floor else None, "auto_batch": auto,
@@ -185,13 +187,23 @@ def scale_rows(name: str, n_facts: int, loop: bool, rates: dict, tok=None, devic
 
 
 def plot(table: pd.DataFrame, path: Path) -> Path:
-    fig = Figure(figsize=(6, 4))  # no pyplot: no backend, nothing left open
+    """Seconds per fact against parameters, one line per sweep; GPT-J's 4-layer time scaled to its
+    28 layers is drawn beside it, hollow (an upper bound), and each configuration is named."""
+    fig = Figure(figsize=(7, 4.5))  # no pyplot: no backend, nothing left open
     ax = fig.subplots()
     for sweep, group in table.groupby("sweep", sort=False):
         group = group.sort_values("params_m")
-        ax.plot(group.params_m, group.s_per_fact, marker="o", label=sweep)
-    ax.set(xscale="log", yscale="log", xlabel="parameters (millions)", ylabel="seconds per fact (CPU)",
-           title="Sweeps' cost per fact against model size")
+        line, = ax.plot(group.params_m, group.s_per_fact, marker="o", label=sweep)
+        scaled = group[group.s_per_fact_scaled.notna() & (group.s_per_fact_scaled > group.s_per_fact * 1.01)]
+        ax.scatter(scaled.params_m * scaled.paper_layers / scaled.layers, scaled.s_per_fact_scaled,
+                   facecolors="none", edgecolors=line.get_color(), zorder=3)
+    for config, group in table.groupby("config", sort=False):
+        row = group.iloc[group.s_per_fact.argmax()]
+        ax.annotate(config, (row.params_m, row.s_per_fact), textcoords="offset points", xytext=(0, 8), fontsize=7,
+                    ha="center")
+    ax.set(xscale="log", yscale="log", xlabel="parameters (millions; hollow: GPT-J's 28 layers, scaled from 4)",
+           ylabel="seconds per fact (CPU)", title=f"Sweeps' cost per fact against model size "
+           f"({table.attrs.get('host_at_start', {}).get('cpus_usable', '?')} CPU cores)")
     ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -219,7 +231,9 @@ def main(argv=None) -> pd.DataFrame:
     folder = output_root() / "results" / "bench" if args.write else Path(tempfile.mkdtemp(prefix="bench-scale-"))
     if args.write:
         folder.mkdir(parents=True, exist_ok=True)
-        table.to_csv(folder / "scale.csv", index=False)
+        params = {"configs": args.configs, "n_facts": args.n_facts, "loop_on": args.loop_on, "only": args.only,
+                  "vocab_from": VOCAB_FROM, "gptj_layers": GPTJ_LAYERS}
+        write_table(table, folder, "scale", {"params": params, **provenance()})
     print(f"plot: {plot(table, folder / 'scale.png')}")
     return table
 
