@@ -130,7 +130,9 @@ def knocked_out_state(lm, input_ids, sublayer, layers, repr_layer, position):
     path = lm.arch.mlp_update if sublayer == "mlp" else lm.arch.attn_update
 
     def zero(module, args, output):
-        return (torch.zeros_like(output[0]),) + tuple(output[1:]) if isinstance(output, tuple) else torch.zeros_like(output)
+        if isinstance(output, tuple):
+            return (torch.zeros_like(output[0]),) + tuple(output[1:])
+        return torch.zeros_like(output)
 
     handles = [lm.sub(layer, path).register_forward_hook(zero) for layer in layers]
     try:

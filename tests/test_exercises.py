@@ -144,5 +144,5 @@ def test_the_lab_plan_adds_up_to_90_minutes_and_names_real_exercises():
     for ex in left:
         a, b = ex.split(".")
         spans = re.findall(rf"{a}\.(\d)(?:-{a}\.(\d))?", later)
-        assert any(int(lo) <= int(b) <= int(hi or lo) for lo, hi in spans), f"{ex} is neither in the lab nor left for later"
+        assert any(int(lo) <= int(b) <= int(hi or lo) for lo, hi in spans), f"{ex}: neither in the lab nor left for later"
     assert f"{sum(estimates[ex] for ex in left)} minutes more" in later

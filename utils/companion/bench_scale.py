@@ -164,6 +164,8 @@ def scale_rows(name: str, n_facts: int, loop: bool, rates: dict, tok=None, devic
     n_tokens = max(f["n_tokens"] for f in facts["sink"])
     auto = batching.resolve("auto", lm, n_tokens, cap=128)
     params = sum(p.numel() for p in lm.model.parameters())
+    per_layer = sum(p.numel() for p in lm.layers[0].parameters())
+    params_paper = params + ((paper_layers or lm.n_layers) - lm.n_layers) * per_layer  # GPT-J: its 28 layers
     width = min(int(lm.model.get_input_embeddings().weight.shape[-1]), 4096)
     rate = rates.setdefault((lm.dtype, width), matmul_gflops(width, dtype=lm.dtype, device=device))
     rows = []
@@ -175,8 +177,9 @@ def scale_rows(name: str, n_facts: int, loop: bool, rates: dict, tok=None, devic
         row = bench.measure(lm, sweep, facts[sweep.facts], profile_host=False)
         s_per_fact = row["batched_s"] / row["facts"]
         floor = flops_of(sweep.batched, facts[sweep.facts][-1]) / (rate * 1e9)
-        rows.append({"config": name, "params_m": params / 1e6, "dtype": str(lm.dtype).removeprefix("torch."),
-                     "layers": lm.n_layers, "paper_layers": paper_layers or lm.n_layers, "sweep": sweep.name, "s_per_fact": s_per_fact,
+        rows.append({"config": name, "params_m": params / 1e6, "params_m_paper": params_paper / 1e6,
+                     "dtype": str(lm.dtype).removeprefix("torch."), "layers": lm.n_layers,
+                     "paper_layers": paper_layers or lm.n_layers, "sweep": sweep.name, "s_per_fact": s_per_fact,
                      "s_per_fact_scaled": s_per_fact * paper_layers / lm.n_layers if paper_layers else None,
                      "peak_rss_gb": peak_rss_gb(), "rss_start_gb": rss_start, "loop_ratio": row.get("ratio"),
                      "floor_ratio": s_per_fact / floor if floor else None, "auto_batch": auto,
@@ -195,7 +198,7 @@ def plot(table: pd.DataFrame, path: Path) -> Path:
         group = group.sort_values("params_m")
         line, = ax.plot(group.params_m, group.s_per_fact, marker="o", label=sweep)
         scaled = group[group.s_per_fact_scaled.notna() & (group.s_per_fact_scaled > group.s_per_fact * 1.01)]
-        ax.scatter(scaled.params_m * scaled.paper_layers / scaled.layers, scaled.s_per_fact_scaled,
+        ax.scatter(scaled.params_m_paper, scaled.s_per_fact_scaled,
                    facecolors="none", edgecolors=line.get_color(), zorder=3)
     for config, group in table.groupby("config", sort=False):
         row = group.iloc[group.s_per_fact.argmax()]

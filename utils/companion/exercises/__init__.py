@@ -53,5 +53,6 @@ EXERCISES = {
 }
 """Exercise id -> (the function the student writes, its checker)."""
 
-__all__ = ["EXERCISES", "ExerciseFailed", "NotImplementedYet", "model", "results_root", "small_facts", "small_known_facts"] + sorted(
+__all__ = ["EXERCISES", "ExerciseFailed", "NotImplementedYet", "model", "results_root", "small_facts",
+           "small_known_facts"] + sorted(
     checker.__name__ for _, checker in EXERCISES.values())
