@@ -33,7 +33,9 @@ def _bf16_is_fast(device_type: str) -> bool:
             times.append(time.perf_counter() - start)
         return min(times)
 
-    a, b = torch.randn(128, 1024), torch.randn(1024, 16384)
+    # small enough to cost under a second where bf16 is emulated (about 1 GFLOP/s on such a CPU: the
+    # former 128 x 1024 x 16384 probe took 40 s, once in every process that ranks anything)
+    a, b = torch.randn(64, 512), torch.randn(512, 4096)
     return best(a.bfloat16(), b.bfloat16()) < 0.6 * best(a, b)
 
 
