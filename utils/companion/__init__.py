@@ -3,5 +3,6 @@ README's section, generated from the results), ``timings`` (the README's run tim
 the executed notebooks' papermill records), ``book`` (the reader's edition), ``bench``
 (every notebook sweep's rate), ``bench_scale`` (the sweeps on the paper's model shapes, random
 weights), ``gpu_check`` (one command for a first GPU), ``dissect`` (the paper's three steps on
-one prompt of one's own, one figure), ``exercises`` (the checkers of the exercise notebooks).
+one prompt of one's own, one figure), ``lab_figure`` (the lab's slide: the paper's Figure 1 on
+the model's own layers), ``exercises`` (the checkers of the exercise notebooks).
 """
